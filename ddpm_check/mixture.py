@@ -141,7 +141,7 @@ class ExactEpsPredictor:
 
     def __init__(self, mixture: GaussianMixture, alphas_cumprod) -> None:
         self.mixture = mixture
-        self.alphas_cumprod = torch.as_tensor(np.asarray(alphas_cumprod, dtype=np.float64))
+        self.alphas_cumprod = torch.as_tensor(np.array(alphas_cumprod, dtype=np.float64))
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         shape = x_t.shape

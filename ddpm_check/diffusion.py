@@ -1,0 +1,273 @@
+"""The DDPM math on tensors (Ho et al. 2020).  Not an nn.Module: the model is passed in.
+
+A *model* is any callable ``model(x_t, t) -> eps_pred`` with x_t [N, ...] and t [N] long holding
+0-based step indices (array index i <-> paper step t = i + 1, see ddpm_check.schedules).  A
+SimpleUnet, an exact denoiser (``GaussianMixture.eps_predictor``) or a lambda all work.
+
+Every per-step coefficient lives on the device as a [T] tensor, converted once from the float64
+schedule at construction, and is gathered by t: nothing in the sampling loop reads a tensor value
+back to the host.  Use ``dtype=torch.float64`` for Monte Carlo checks, float32 for training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from ddpm_check.errors import DDPMCheckError
+from ddpm_check.schedules import Schedule
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LOSS_KINDS = ("l2", "l1")
+
+
+class GaussianDiffusion:
+    """Forward process q, posterior q(x_{t-1} | x_t, x_0), and the reverse process p_theta.
+
+    Attributes: ``schedule``, ``T``, ``device``, ``dtype``, and one [T] tensor per schedule array
+    (``betas``, ``alphas_cumprod``, ``posterior_variance``, ...) plus
+    ``eps_coef`` = beta_t / sqrt(1 - alpha_bar_t) and ``posterior_std`` = sqrt(beta_tilde_t)
+    (exactly 0 at index 0).
+    """
+
+    def __init__(self, schedule: Schedule, device: Any = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        if not isinstance(schedule, Schedule):
+            raise DDPMCheckError(f"GaussianDiffusion needs a Schedule, got {type(schedule).__name__}")
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise DDPMCheckError(f"dtype must be a floating torch dtype, got {dtype!r}")
+        self.schedule = schedule
+        self.T = schedule.T
+        self.device = torch.device(device)
+        self.dtype = dtype
+        arrays = dict(schedule.arrays())
+        # Derived in float64 before the single cast to dtype.
+        arrays["eps_coef"] = schedule.betas / schedule.sqrt_one_minus_alphas_cumprod  # eq. 11
+        std = np.sqrt(schedule.posterior_variance)
+        std[0] = 0.0  # no noise at the last reverse step (index 0, paper t = 1)
+        arrays["posterior_std"] = std
+        self._names = tuple(arrays)
+        for name, a in arrays.items():
+            setattr(self, name, torch.as_tensor(np.array(a, dtype=np.float64)).to(self.device, dtype))
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def coefficients(self) -> dict[str, torch.Tensor]:
+        """All [T] coefficient tensors by name."""
+        return {name: getattr(self, name) for name in self._names}
+
+    @staticmethod
+    def _extract(a: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
+        """a[t] reshaped to [N, 1, ..., 1] (ndim dims in all) for broadcasting against x."""
+        return a[t].reshape(t.shape[0], *((1,) * (ndim - 1)))
+
+    def _check_t(self, t: Any, x: torch.Tensor, name: str = "t") -> torch.Tensor:
+        """Validate t (an int or an [N] integer tensor of 0-based steps); returns long [N] on x's device."""
+        n = x.shape[0]
+        if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+            if not 0 <= int(t) < self.T:
+                raise DDPMCheckError(f"{name} = {int(t)} is out of range; 0-based steps 0..{self.T - 1} are allowed")
+            return torch.full((n,), int(t), dtype=torch.long, device=x.device)
+        if not isinstance(t, torch.Tensor):
+            raise DDPMCheckError(f"{name} must be an int or a long tensor of shape [N], got {type(t).__name__}")
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise DDPMCheckError(f"{name} must hold integer (0-based) steps, got dtype {t.dtype}")
+        if t.shape != (n,):
+            raise DDPMCheckError(f"{name} must have shape [N] = [{n}] to match x, got {list(t.shape)}")
+        t = t.to(device=x.device, dtype=torch.long)
+        if t.device.type == "cpu" and n:  # a range check would force a device sync elsewhere
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= self.T:
+                bad = lo if lo < 0 else hi
+                raise DDPMCheckError(f"{name} = {bad} is out of range; 0-based steps 0..{self.T - 1} are allowed")
+        return t
+
+    @staticmethod
+    def _check_same_shape(**tensors: torch.Tensor) -> None:
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        if len(set(shapes.values())) > 1:
+            raise DDPMCheckError(f"shapes must agree, got {shapes}")
+
+    # ---- forward process ----------------------------------------------------------------------
+    def q_sample(self, x_0: torch.Tensor, t: Any, noise: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)   (Ho et al. eq. 4).
+
+        x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, eps = ``noise`` or drawn from
+        ``generator``.  Shapes: x_0 [N, ...], t [N] (0-based), noise like x_0 -> x_t like x_0.
+        """
+        t = self._check_t(t, x_0)
+        if noise is None:
+            noise = torch.randn(x_0.shape, generator=generator, dtype=x_0.dtype, device=x_0.device)
+        else:
+            self._check_same_shape(x_0=x_0, noise=noise)
+        return (self._extract(self.sqrt_alphas_cumprod, t, x_0.ndim) * x_0
+                + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_0.ndim) * noise)
+
+    def q_posterior_mean_variance(self, x_0: torch.Tensor, x_t: torch.Tensor, t: Any
+                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q(x_{t-1} | x_t, x_0) = N(mu_tilde_t, beta_tilde_t I)   (Ho et al. eqs. 6-7).
+
+        mu_tilde_t = coef1 x_t + coef2 x_0, coef1 = sqrt(alpha_t)(1 - alpha_bar_{t-1})/(1 - alpha_bar_t),
+        coef2 = sqrt(alpha_bar_{t-1}) beta_t/(1 - alpha_bar_t); beta_tilde_t = (1 - alpha_bar_{t-1})/(1 - alpha_bar_t) beta_t.
+        Shapes: x_0, x_t [N, ...], t [N] -> (mean, variance, log_variance), each [N, ...]
+        (variance and log_variance are broadcast views; log_variance is the clipped log).
+        """
+        self._check_same_shape(x_0=x_0, x_t=x_t)
+        t = self._check_t(t, x_t)
+        nd = x_t.ndim
+        mean = self._extract(self.posterior_mean_coef1, t, nd) * x_t + self._extract(self.posterior_mean_coef2, t, nd) * x_0
+        var = self._extract(self.posterior_variance, t, nd).expand(x_t.shape)
+        log_var = self._extract(self.posterior_log_variance_clipped, t, nd).expand(x_t.shape)
+        return mean, var, log_var
+
+    def predict_x0_from_eps(self, x_t: torch.Tensor, t: Any, eps: torch.Tensor) -> torch.Tensor:
+        """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), eq. 4 solved for x_0.
+
+        Shapes: x_t, eps [N, ...], t [N] -> [N, ...].
+        """
+        self._check_same_shape(x_t=x_t, eps=eps)
+        t = self._check_t(t, x_t)
+        nd = x_t.ndim
+        return (x_t - self._extract(self.sqrt_one_minus_alphas_cumprod, t, nd) * eps) / self._extract(
+            self.sqrt_alphas_cumprod, t, nd)
+
+    # ---- reverse process ----------------------------------------------------------------------
+    def p_mean_variance(self, model: Model, x_t: torch.Tensor, t: Any, clip_denoised: bool = False
+                        ) -> dict[str, torch.Tensor]:
+        """p_theta(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I) with sigma_t^2 = beta_tilde_t.
+
+        mu_theta = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) / sqrt(alpha_t)   (Ho et al. eq. 11).
+        With ``clip_denoised`` the predicted x_0 is clipped to [-1, 1] and the mean is the posterior
+        mean mu_tilde_t(x_t, clip(x_0)) (eq. 7) instead; without clipping the two are equal.
+        Shapes: x_t [N, ...], t [N] -> dict of mean, variance, log_variance, pred_x0, eps, all [N, ...].
+        """
+        t = self._check_t(t, x_t)
+        eps = model(x_t, t)
+        if not isinstance(eps, torch.Tensor) or eps.shape != x_t.shape:
+            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+            raise DDPMCheckError(f"the model must return eps with the shape of x_t {tuple(x_t.shape)}, got {got}")
+        nd = x_t.ndim
+        pred_x0 = (x_t - self._extract(self.sqrt_one_minus_alphas_cumprod, t, nd) * eps) / self._extract(
+            self.sqrt_alphas_cumprod, t, nd)
+        if clip_denoised:
+            pred_x0 = pred_x0.clamp(-1.0, 1.0)
+            mean = (self._extract(self.posterior_mean_coef1, t, nd) * x_t
+                    + self._extract(self.posterior_mean_coef2, t, nd) * pred_x0)
+        else:
+            mean = self._extract(self.sqrt_recip_alphas, t, nd) * (x_t - self._extract(self.eps_coef, t, nd) * eps)
+        return {
+            "mean": mean,
+            "variance": self._extract(self.posterior_variance, t, nd).expand(x_t.shape),
+            "log_variance": self._extract(self.posterior_log_variance_clipped, t, nd).expand(x_t.shape),
+            "pred_x0": pred_x0,
+            "eps": eps,
+        }
+
+    def p_sample(self, model: Model, x_t: torch.Tensor, t: Any, generator: torch.Generator | None = None,
+                 noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One reverse step: x_{t-1} = mu_theta(x_t, t) + sigma_t z, z ~ N(0, I)   (Ho et al. Alg. 2, eq. 11).
+
+        sigma_t^2 = beta_tilde_t.  No noise is added exactly where t == 0 (paper t = 1), per batch
+        element, so one batch may mix timesteps (the source's ``if t == 0`` cannot).  ``noise`` (like
+        x_t) replaces the draw from ``generator``.  Shapes: x_t [N, ...], t [N] -> [N, ...].
+        """
+        t = self._check_t(t, x_t)
+        if noise is None:
+            noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
+        else:
+            self._check_same_shape(x_t=x_t, noise=noise)
+        eps = model(x_t, t)
+        if not isinstance(eps, torch.Tensor) or eps.shape != x_t.shape:
+            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+            raise DDPMCheckError(f"the model must return eps with the shape of x_t {tuple(x_t.shape)}, got {got}")
+        nd = x_t.ndim
+        mean = self._extract(self.sqrt_recip_alphas, t, nd) * (x_t - self._extract(self.eps_coef, t, nd) * eps)
+        # posterior_std[0] is exactly 0, so elements with t == 0 get mean + 0 * z = mean.
+        return mean + self._extract(self.posterior_std, t, nd) * noise
+
+    @torch.no_grad()
+    def p_sample_loop(self, model: Model, shape: Iterable[int], generator: torch.Generator | None = None,
+                      progress: Callable[[int, int], Any] | None = None, capture: Iterable[int] | None = None,
+                      x_T: torch.Tensor | None = None):
+        """Sample x_0 ~ p_theta by T reverse steps from x_T ~ N(0, I)   (Ho et al. Algorithm 2).
+
+        Args:
+            model: eps_theta(x_t [N, ...], t [N] long) -> [N, ...]; put a network in eval() mode first.
+            shape: [N, ...] of the samples.
+            generator: the source of x_T and of every step's noise (on the diffusion's device).
+            progress: called as progress(step_done, T) after each step, step_done = 1..T.
+            capture: 0-based steps i whose input x_t (paper t = i + 1, the tensor fed to the model
+                with index i) is kept; i = T - 1 is x_T itself.  x_0 is the return value.
+            x_T: a starting tensor instead of a draw from ``generator``.
+        Returns:
+            x_0 [N, ...], or (x_0, {i: x_{i+1}}) when ``capture`` is given.
+        """
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 1 or any(s < 1 for s in shape):
+            raise DDPMCheckError(f"shape must be a non-empty list of positive sizes, got {list(shape)}")
+        keep: set[int] | None = None
+        if capture is not None:
+            keep = set()
+            for i in capture:
+                if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) < self.T:
+                    raise DDPMCheckError(f"capture step {i!r} is out of range; 0-based steps 0..{self.T - 1} are allowed")
+                keep.add(int(i))
+        if x_T is None:
+            x = torch.randn(shape, generator=generator, dtype=self.dtype, device=self.device)
+        else:
+            if tuple(x_T.shape) != shape:
+                raise DDPMCheckError(f"x_T has shape {list(x_T.shape)} but shape is {list(shape)}")
+            x = x_T.to(device=self.device, dtype=self.dtype)
+        n, nd = shape[0], len(shape)
+        view = (1,) * (nd - 1)
+        captured: dict[int, torch.Tensor] = {}
+        noise = torch.empty(shape, dtype=self.dtype, device=self.device)  # refilled in place each step
+        steps = torch.arange(self.T, dtype=torch.long, device=self.device)
+        for i in reversed(range(self.T)):
+            if keep is not None and i in keep:
+                captured[i] = x  # never modified in place: each step makes a new x
+            t = steps[i].expand(n)  # [N] view of one stored index: no allocation, never mutated
+            eps = model(x, t)
+            # Every element has step i: 0-d coefficient views broadcast without a gather.
+            x_new = torch.addcmul(x, eps, self.eps_coef[i].reshape(view), value=-1.0)  # x_t - beta_t/sqrt(1-ab_t) eps
+            x_new.mul_(self.sqrt_recip_alphas[i])  # eq. 11
+            if i > 0:  # a Python int: no device sync; index 0 adds no noise
+                noise.normal_(generator=generator)
+                x_new.addcmul_(noise, self.posterior_std[i].reshape(view))  # + sigma_t z
+            x = x_new
+            if progress is not None:
+                progress(self.T - i, self.T)
+        if keep is not None:
+            return x, captured
+        return x
+
+    # ---- training objective -------------------------------------------------------------------
+    def loss(self, model: Model, x_0: torch.Tensor, t: Any = None, noise: torch.Tensor | None = None,
+             kind: str = "l2", generator: torch.Generator | None = None, reduction: str = "mean") -> torch.Tensor:
+        """L_simple = E_{t, x_0, eps} || eps - eps_theta(sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps, t) ||^2   (Ho et al. eq. 14).
+
+        kind "l2": the squared error (eq. 14), averaged over all elements (eq. 14 divided by the
+        dimension D); kind "l1": the source's mean absolute error.  t defaults to uniform steps
+        0..T-1, noise to N(0, I), both drawn from ``generator``.  reduction "mean" -> scalar,
+        "none" -> [N] (the per-example mean over the non-batch dims).
+        """
+        if kind not in LOSS_KINDS:
+            raise DDPMCheckError(f"unknown loss kind {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
+        if reduction not in ("mean", "none"):
+            raise DDPMCheckError(f"unknown reduction {reduction!r}; choose one of mean, none")
+        n = x_0.shape[0]
+        if t is None:
+            t = torch.randint(0, self.T, (n,), generator=generator, device=x_0.device)
+        t = self._check_t(t, x_0)
+        if noise is None:
+            noise = torch.randn(x_0.shape, generator=generator, dtype=x_0.dtype, device=x_0.device)
+        x_t = self.q_sample(x_0, t, noise=noise)
+        eps = model(x_t, t)
+        if not isinstance(eps, torch.Tensor) or eps.shape != x_0.shape:
+            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+            raise DDPMCheckError(f"the model must return eps with the shape of x_0 {tuple(x_0.shape)}, got {got}")
+        err = (eps - noise).abs() if kind == "l1" else (eps - noise).square()
+        if reduction == "none":
+            return err.reshape(n, -1).mean(dim=1)
+        return err.mean()

@@ -1,0 +1,315 @@
+"""Beta schedules and every array derived from them, in float64 numpy.
+
+Index convention (the one used throughout ddpm_check, as in the source's code, guided-diffusion
+and diffusers): the math uses paper steps t = 1..T; the arrays are 0-based, so
+
+    array index i  <->  paper step t = i + 1,      alphas_cumprod_prev[0] = 1  (alpha_bar_0 = 1).
+
+With beta_t the variance of the forward step q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)
+(Ho et al. 2020, eq. 2), the derived arrays are
+
+    alphas[i]                         = alpha_t = 1 - beta_t
+    alphas_cumprod[i]                 = alpha_bar_t = prod_{s <= t} alpha_s            (eq. 4)
+    alphas_cumprod_prev[i]            = alpha_bar_{t-1}                 (1 at i = 0)
+    sqrt_recip_alphas[i]              = 1 / sqrt(alpha_t)                               (eq. 11)
+    sqrt_alphas_cumprod[i]            = sqrt(alpha_bar_t)                               (eq. 4)
+    sqrt_one_minus_alphas_cumprod[i]  = sqrt(1 - alpha_bar_t)                           (eq. 4)
+    posterior_variance[i]             = beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t   (eq. 7)
+    posterior_log_variance_clipped[i] = log beta_tilde_t, with index 0 (where beta_tilde_1 = 0)
+                                        replaced by index 1, as in improved-diffusion; for T = 1
+                                        there is no index 1 and log beta_1 is used instead
+    posterior_mean_coef1[i]           = sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)   (eq. 7)
+    posterior_mean_coef2[i]           = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t)          (eq. 7)
+
+so that q(x_{t-1} | x_t, x_0) = N(coef1 x_t + coef2 x_0, beta_tilde_t I).
+
+This module imports neither torch (until ``Schedule.to_torch``) nor sympy: the arrays are computed
+directly with numpy, and the tests compare them with the lambdified sympy derivations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ddpm_check.errors import DDPMCheckError
+
+KINDS = ("linear", "cosine", "custom")
+
+#: The names of the float64 arrays a Schedule holds (each of length T), in a stable order.
+ARRAY_NAMES = (
+    "betas",
+    "alphas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_recip_alphas",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+)
+
+
+# ---- validation helpers -----------------------------------------------------------------------
+def _check_T(T: Any) -> int:
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)):
+        raise DDPMCheckError(f"T must be an integer >= 1, got {T!r}")
+    if T < 1:
+        raise DDPMCheckError(f"T must be an integer >= 1, got {T}")
+    return int(T)
+
+
+def _check_beta_scalar(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise DDPMCheckError(f"{name} must be a number in (0, 1), got {value!r}") from None
+    if not math.isfinite(v) or not (0.0 < v < 1.0):
+        raise DDPMCheckError(f"{name} must be in the open interval (0, 1), got {v!r}")
+    return v
+
+
+def _check_betas(betas: Any, T: int | None = None) -> np.ndarray:
+    """Validate a user-given beta sequence; returns a fresh float64 1-D array."""
+    try:
+        b = np.array(betas, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DDPMCheckError(f"betas must be a sequence of numbers in (0, 1), got {betas!r}") from None
+    if b.ndim != 1 or b.size < 1:
+        raise DDPMCheckError(f"betas must be a non-empty 1-D sequence, got shape {b.shape}")
+    bad = np.flatnonzero(~np.isfinite(b) | (b <= 0.0) | (b >= 1.0))
+    if bad.size:
+        i = int(bad[0])
+        raise DDPMCheckError(
+            f"every beta must be finite and in the open interval (0, 1); betas[{i}] = {float(b[i])!r}"
+        )
+    tiny = np.flatnonzero(1.0 - b == 1.0)
+    if tiny.size:
+        i = int(tiny[0])
+        raise DDPMCheckError(
+            f"betas[{i}] = {float(b[i])!r} is too small: 1 - beta rounds to 1 in float64 "
+            "(use beta >= 1e-15)"
+        )
+    if T is not None and b.size != T:
+        raise DDPMCheckError(f"betas has length {b.size} but T = {T}; they must agree")
+    return b
+
+
+# ---- beta schedules ---------------------------------------------------------------------------
+def linear_betas(T: int = 300, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+    """beta_t linear in t from beta_start (t = 1) to beta_end (t = T) (Ho et al. 2020, sec. 4).
+
+    The source's default is T = 300, beta from 1e-4 to 0.02 (the paper uses T = 1000).
+    Returns float64 [T]; T = 1 gives [beta_start].
+    """
+    T = _check_T(T)
+    beta_start = _check_beta_scalar("beta_start", beta_start)
+    beta_end = _check_beta_scalar("beta_end", beta_end)
+    if beta_start > beta_end:
+        raise DDPMCheckError(
+            f"beta_start must be <= beta_end, got beta_start = {beta_start!r} > beta_end = {beta_end!r}"
+        )
+    return np.linspace(beta_start, beta_end, T, dtype=np.float64)
+
+
+def _cosine_alpha_bar(u: np.ndarray, s: float) -> np.ndarray:
+    """f(t) = cos^2((t/T + s) / (1 + s) * pi/2) at u = t/T (Nichol & Dhariwal 2021, eq. 17)."""
+    return np.cos((u + s) / (1.0 + s) * (math.pi / 2)) ** 2
+
+
+def cosine_betas(T: int = 300, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+    """The cosine schedule of Nichol & Dhariwal 2021 (eq. 17).
+
+    alpha_bar(t) = f(t) / f(0) with f(t) = cos^2((t/T + s)/(1 + s) * pi/2), and
+    beta_t = min(1 - alpha_bar(t) / alpha_bar(t-1), max_beta)  for t = 1..T
+    (the clip at 0.999 avoids the singularity at t = T).  Same numbers as diffusers'
+    ``betas_for_alpha_bar`` ("squaredcos_cap_v2") and improved-diffusion.  Returns float64 [T].
+    """
+    T = _check_T(T)
+    if not (math.isfinite(s) and s >= 0):
+        raise DDPMCheckError(f"cosine offset s must be finite and >= 0, got {s!r}")
+    max_beta = _check_beta_scalar("max_beta", max_beta)
+    t = np.arange(T, dtype=np.float64)
+    ratio = _cosine_alpha_bar((t + 1) / T, s) / _cosine_alpha_bar(t / T, s)
+    return np.minimum(1.0 - ratio, max_beta)
+
+
+# ---- config -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Which beta schedule: kind "linear" (beta_start..beta_end), "cosine", or "custom" (betas).
+
+    Validated on construction (so ``from_dict`` validates too); bad values raise DDPMCheckError.
+    For kind "custom", ``betas`` is required and T must equal len(betas).
+    """
+
+    kind: str = "linear"
+    T: int = 300
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    betas: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise DDPMCheckError(f"unknown schedule kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        T = _check_T(self.T)
+        object.__setattr__(self, "T", T)
+        if self.kind == "linear":
+            linear_betas(T, self.beta_start, self.beta_end)  # validates start/end
+        if self.kind == "custom":
+            if self.betas is None:
+                raise DDPMCheckError("schedule kind 'custom' needs betas (a sequence of T values in (0, 1))")
+            b = _check_betas(self.betas, T)
+            object.__setattr__(self, "betas", tuple(float(x) for x in b))
+        elif self.betas is not None:
+            raise DDPMCheckError(
+                f"betas are only used with kind 'custom', got kind {self.kind!r} with betas given"
+            )
+        object.__setattr__(self, "beta_start", float(self.beta_start))
+        object.__setattr__(self, "beta_end", float(self.beta_end))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (betas as a list or None)."""
+        return {
+            "kind": self.kind,
+            "T": self.T,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "betas": None if self.betas is None else list(self.betas),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ScheduleConfig":
+        if not isinstance(d, dict):
+            raise DDPMCheckError(f"schedule config must be a JSON object, got {type(d).__name__}")
+        unknown = set(d) - {"kind", "T", "beta_start", "beta_end", "betas"}
+        if unknown:
+            raise DDPMCheckError(f"unknown schedule config keys {sorted(unknown)}; allowed: kind, T, beta_start, beta_end, betas")
+        betas = d.get("betas")
+        kw = dict(d)
+        if betas is not None:
+            kw["betas"] = tuple(betas)
+        return cls(**kw)
+
+    def make_betas(self) -> np.ndarray:
+        if self.kind == "linear":
+            return linear_betas(self.T, self.beta_start, self.beta_end)
+        if self.kind == "cosine":
+            return cosine_betas(self.T)
+        return np.array(self.betas, dtype=np.float64)
+
+
+# ---- the schedule -----------------------------------------------------------------------------
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A beta schedule and all derived float64 arrays (each of shape [T], read-only).
+
+    Index convention: array index i <-> paper step t = i + 1; alphas_cumprod_prev[0] = 1.
+    See the module docstring for each array's formula.  Build with ``Schedule.from_config``,
+    ``Schedule.from_betas`` or ``make_schedule``.
+    """
+
+    config: ScheduleConfig
+    betas: np.ndarray
+    alphas: np.ndarray = field(repr=False)
+    alphas_cumprod: np.ndarray = field(repr=False)
+    alphas_cumprod_prev: np.ndarray = field(repr=False)
+    sqrt_recip_alphas: np.ndarray = field(repr=False)
+    sqrt_alphas_cumprod: np.ndarray = field(repr=False)
+    sqrt_one_minus_alphas_cumprod: np.ndarray = field(repr=False)
+    posterior_variance: np.ndarray = field(repr=False)
+    posterior_log_variance_clipped: np.ndarray = field(repr=False)
+    posterior_mean_coef1: np.ndarray = field(repr=False)
+    posterior_mean_coef2: np.ndarray = field(repr=False)
+
+    @property
+    def T(self) -> int:
+        return int(self.betas.shape[0])
+
+    @classmethod
+    def from_config(cls, config: ScheduleConfig) -> "Schedule":
+        if not isinstance(config, ScheduleConfig):
+            raise DDPMCheckError(f"expected a ScheduleConfig, got {type(config).__name__}")
+        return cls._build(config, config.make_betas())
+
+    @classmethod
+    def from_betas(cls, betas: Any) -> "Schedule":
+        """A "custom" schedule from user-given betas (a sequence of T values in (0, 1))."""
+        b = _check_betas(betas)
+        return cls.from_config(ScheduleConfig(kind="custom", T=int(b.size), betas=tuple(b.tolist())))
+
+    @classmethod
+    def _build(cls, config: ScheduleConfig, betas: np.ndarray) -> "Schedule":
+        b = _check_betas(betas, config.T)
+        alphas = 1.0 - b                                                  # alpha_t
+        acp = np.cumprod(alphas)                                          # alpha_bar_t     (eq. 4)
+        acp_prev = np.concatenate(([1.0], acp[:-1]))                      # alpha_bar_{t-1}
+        one_minus_acp = 1.0 - acp
+        pv = b * (1.0 - acp_prev) / one_minus_acp                         # beta_tilde_t    (eq. 7)
+        # beta_tilde_1 = 0; improved-diffusion clips the log by using beta_tilde_2 at index 0.
+        # With T = 1 there is no index 1; the other choice of Ho et al. (sigma^2 = beta_t) is used.
+        first = pv[1] if b.size > 1 else b[0]
+        plv = np.log(np.concatenate(([first], pv[1:])))
+        coef1 = np.sqrt(alphas) * (1.0 - acp_prev) / one_minus_acp        # eq. 7
+        coef2 = np.sqrt(acp_prev) * b / one_minus_acp                     # eq. 7
+        return cls(
+            config=config,
+            betas=_readonly(b),
+            alphas=_readonly(alphas),
+            alphas_cumprod=_readonly(acp),
+            alphas_cumprod_prev=_readonly(acp_prev),
+            sqrt_recip_alphas=_readonly(1.0 / np.sqrt(alphas)),
+            sqrt_alphas_cumprod=_readonly(np.sqrt(acp)),
+            sqrt_one_minus_alphas_cumprod=_readonly(np.sqrt(one_minus_acp)),
+            posterior_variance=_readonly(pv),
+            posterior_log_variance_clipped=_readonly(plv),
+            posterior_mean_coef1=_readonly(coef1),
+            posterior_mean_coef2=_readonly(coef2),
+        )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """All derived arrays by name (see ARRAY_NAMES)."""
+        return {name: getattr(self, name) for name in ARRAY_NAMES}
+
+    def to_torch(self, device: Any = "cpu", dtype: Any = None) -> dict[str, Any]:
+        """The arrays as torch tensors [T] on ``device`` (default dtype torch.float32).
+
+        Converted from float64 once, so float32 tensors are the correctly rounded float64 values.
+        """
+        import torch
+
+        if dtype is None:
+            dtype = torch.float32
+        return {
+            name: torch.as_tensor(np.array(a), dtype=torch.float64).to(device=device, dtype=dtype)
+            for name, a in self.arrays().items()
+        }
+
+    def __len__(self) -> int:
+        return self.T
+
+
+def make_schedule(kind: str = "linear", T: int | None = None, beta_start: float = 1e-4,
+                  beta_end: float = 0.02, betas: Any = None) -> Schedule:
+    """Shortcut for ``Schedule.from_config(ScheduleConfig(kind, T, beta_start, beta_end, betas))``.
+
+    T = None means 300 (the source's default) for "linear"/"cosine" and len(betas) for "custom".
+    """
+    if betas is not None:
+        betas = tuple(_check_betas(betas).tolist())
+    if T is None:
+        T = len(betas) if (kind == "custom" and betas is not None) else 300
+    return Schedule.from_config(
+        ScheduleConfig(kind=kind, T=T, beta_start=beta_start, beta_end=beta_end, betas=betas)
+    )
