@@ -35,7 +35,7 @@ F = TypeVar("F", bound=Callable)
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=stderr)
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
@@ -66,6 +66,75 @@ def print_json(obj) -> None:
 # derive  (symbolic derivations; never imports torch)
 # --------------------------------------------------------------------------------------------
 # BEGIN derive-section
+_DERIVE_FORMATS = ("text", "latex", "markdown", "json")
+
+
+@app.command()
+@edge
+def derive(
+    name: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="marginal, posterior, mean-eps, elbo, or all. Omit it to list the derivations.",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="Output format: text, latex, markdown or json.")
+    ] = "text",
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    width: Annotated[
+        Optional[int], typer.Option(help="Columns for text output (default: the terminal's).")
+    ] = None,
+) -> None:
+    """Derive a DDPM formula step by step; sympy checks every step (✓).
+
+    Example: ddpm-check derive posterior --format markdown
+    """
+    import derivations  # light: sympy is imported only when a derivation is built
+
+    fmt = "json" if as_json else fmt
+    if fmt not in _DERIVE_FORMATS:
+        raise DDPMCheckError(f"unknown format {fmt!r}; valid formats: {', '.join(_DERIVE_FORMATS)}")
+    if name is None:
+        _derive_list(derivations, fmt)
+        return
+    if name != "all" and name not in derivations.NAMES:
+        valid = "/".join(derivations.NAMES + ("all",))
+        raise DDPMCheckError(f"no derivation {name!r}; valid: {valid}")
+    names = derivations.NAMES if name == "all" else (name,)
+
+    from derivations import render
+    from derivations.step import DerivationError
+
+    try:
+        ds = [derivations.get(n) for n in names]
+    except DerivationError as exc:  # a step that does not verify is a failed check
+        raise fail(str(exc), code=1) from None
+    if fmt == "json":
+        print_json(render.to_json(ds[0]) if len(ds) == 1 else {"derivations": [render.to_json(d) for d in ds]})
+    elif fmt in ("latex", "markdown"):
+        to = render.to_latex if fmt == "latex" else render.to_markdown
+        sys.stdout.write("\n".join(to(d) for d in ds))
+    else:
+        from rich.console import Console
+
+        console = Console(width=width, highlight=False) if width else _console()
+        for i, d in enumerate(ds):
+            if i:
+                console.rule()
+            console.print(render.to_rich(d, console.width))
+
+
+def _derive_list(derivations, fmt: str) -> None:
+    """One line per derivation (no sympy needed)."""
+    if fmt == "json":
+        print_json({"derivations": [{"name": n, "description": derivations.DESCRIPTIONS[n]} for n in derivations.NAMES]})
+        return
+    pad = max(len(n) for n in derivations.NAMES)
+    for n in derivations.NAMES:
+        sys.stdout.write(f"{n.ljust(pad)}  {derivations.DESCRIPTIONS[n]}\n")
+    sys.stdout.write(f"{'all'.ljust(pad)}  every derivation above, in order\n")
 # END derive-section
 
 
@@ -73,6 +142,325 @@ def print_json(obj) -> None:
 # train / sample / evaluate  (the torch DDPM)
 # --------------------------------------------------------------------------------------------
 # BEGIN train-section
+_TRAIN_PRESETS: dict[str, dict] = {
+    # `train --small`: the README's run, sized for ~2 minutes on a 2-core laptop CPU (8x8 digits).
+    "small": dict(data="digits", image_size=8, model="small", timesteps=300, schedule="linear",
+                  loss="l2", steps=1500, batch_size=128, lr=1e-3, ema_decay=0.995),
+    # `train` (no --small) with the small model: the same run, four times longer.
+    "default": dict(data="digits", image_size=8, model="small", timesteps=300, schedule="linear",
+                    loss="l2", steps=6000, batch_size=128, lr=1e-3, ema_decay=0.999),
+    # `train --model full`: the source's SimpleUnet and training set-up (a GPU run).
+    "full": dict(data="digits", image_size=64, model="full", timesteps=300, schedule="linear",
+                 loss="l2", steps=10000, batch_size=128, lr=1e-3, ema_decay=0.999),
+}
+_MODEL_CHOICES = ("small", "full")
+
+
+def _parse_channels_list(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise DDPMCheckError(f"--channels-list {text!r} is not a comma-separated list of integers, e.g. 64,128,256") from None
+    if len(vals) < 2 or any(v < 1 for v in vals):
+        raise DDPMCheckError(f"--channels-list {text!r} needs at least 2 positive integers, e.g. 32,64,128")
+    return vals
+
+
+def _train_progress_bar(console, total: int, start: int, label: str):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[ips]} img/s"),
+                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    task = bar.add_task(label, total=total, completed=start, loss="-", ips="-")
+    return bar, task
+
+
+def _sampling_bar(console, label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=console, transient=True)
+    return bar, bar.add_task(label, total=None)
+
+
+def _render_score(console, score: dict) -> None:
+    from rich.table import Table
+
+    tab = Table(title=f"digits quality (Frechet distance in classifier features, n = {score['n']})",
+                title_justify="left")
+    tab.add_column("images")
+    tab.add_column("FD (lower is better)", justify="right")
+    tab.add_column("mean confidence", justify="right")
+    tab.add_row("samples", f"{score['fd_samples']:.3f}", f"{score['confidence']:.3f}")
+    tab.add_row("real digits (floor)", f"{score['fd_floor']:.3f}", f"{score['confidence_real']:.3f}")
+    tab.add_row("noise (ceiling)", f"{score['fd_ceiling']:.3f}", f"{score['confidence_noise']:.3f}")
+    console.print(tab)
+    console.print(f"relative (FD - floor)/(ceiling - floor) = {score['relative']:.3f}   "
+                  f"(0 = like real digits, 1 = like noise)")
+
+
+def _sample_pictures(sampler, n_images: int, n_grid: int, strip_rows: int, seed: int, out,
+                     console, quiet: bool, prefix: str = ""):
+    """Sample once; write samples.png (first n_grid) and reverse_process.png (first strip_rows)."""
+    from ddpm_check.sample import sample_with_strip, save_grid, save_reverse_strip
+
+    if quiet:
+        x, ts, frames = sample_with_strip(sampler, n_images, seed=seed, strip_rows=strip_rows)
+    else:
+        bar, task = _sampling_bar(console, f"sampling {n_images} images")
+        with bar:
+            x, ts, frames = sample_with_strip(
+                sampler, n_images, seed=seed, strip_rows=strip_rows,
+                progress=lambda k, tot: bar.update(task, completed=k, total=tot))
+    grid = save_grid(x[:n_grid], out / f"{prefix}samples.png",
+                     title=f"{min(n_grid, len(x))} samples, step {sampler.step}, seed {seed}")
+    strip = save_reverse_strip(ts, frames, out / f"{prefix}reverse_process.png")
+    return x, grid, strip
+
+
+@app.command("train")
+@edge
+def train_command(
+    small: Annotated[bool, typer.Option("--small", help="The quick CPU preset the README runs: digits 8x8, small SimpleUnet, T=300, 1500 steps (~2 min on 2 cores).")] = False,
+    data: Annotated[Optional[str], typer.Option(help="Training data: 'digits' (scikit-learn, bundled), 'mixture' (Gaussian mixture with exact denoiser) or a folder of PNG/JPEG images.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Image side in pixels; a multiple of 2**depth (digits: 8, 16, 32, ...). Preset: 8 (small), 64 (full).")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="Image channels (folder: 1 grey or 3 RGB; digits: 1).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="SimpleUnet size: 'small' (32,64,128) or 'full' (the source's 64..1024, 62M params at 3 channels).")] = None,
+    channels_list: Annotated[Optional[str], typer.Option(help="Custom SimpleUnet down channels, e.g. 64,128,256,512,1024 (overrides --model).")] = None,
+    timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", help="Number of diffusion steps T (preset 300, as the source).")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="Beta schedule: linear (1e-4 .. 0.02, the source) or cosine.")] = None,
+    beta_start: Annotated[float, typer.Option(help="First beta of the linear schedule.")] = 1e-4,
+    beta_end: Annotated[float, typer.Option(help="Last beta of the linear schedule.")] = 0.02,
+    loss: Annotated[Optional[str], typer.Option(help="Loss on eps: l2 (Ho et al. eq. 14, default) or l1 (the source's code).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Total optimiser steps (with --resume: the new total).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
+    ema_decay: Annotated[Optional[float], typer.Option(help="EMA decay of the weights used for sampling, in [0, 1).")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (CUDA: bf16 autocast, channels_last).")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, the data order, t and the noise.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/<name or timestamp>).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name: the output folder is runs/<name>.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue from a checkpoint file or run folder (model, data and optimiser settings come from it).")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Save the checkpoint every this many steps (0: only at the end and on Ctrl-C).")] = 500,
+    n_samples: Annotated[int, typer.Option("--n-samples", help="Images in samples.png.")] = 64,
+    eval_n: Annotated[int, typer.Option("--eval-n", help="Samples for the digits quality metric (0: skip; samples.png then uses --n-samples).")] = 400,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary (no progress bars).")] = False,
+) -> None:
+    """Train a SimpleUnet DDPM (Ho et al. Algorithm 1), then sample, draw and score it."""
+    import time as _time
+    from datetime import datetime
+
+    import torch
+
+    from ddpm_check.data import DataConfig
+    from ddpm_check.sample import sampler_from_modules, save_loss_curve
+    from ddpm_check.schedules import ScheduleConfig
+    from ddpm_check.train import Trainer, TrainConfig, resolve_device
+    from ddpm_check.unet import UNetConfig
+
+    t_start = _time.perf_counter()
+    console = _console()
+    for label, val in (("--n-samples", n_samples), ("--checkpoint-every", checkpoint_every), ("--eval-n", eval_n)):
+        if val < 0:
+            raise DDPMCheckError(f"{label} must be >= 0, got {val}")
+    if steps is not None and steps < 0:
+        raise DDPMCheckError(f"--steps must be >= 0, got {steps}")
+    dev = resolve_device(device)
+
+    if resume is not None:
+        from ddpm_check import checkpoint as _ckpt
+
+        ck_file = _ckpt.resolve(resume)
+        trainer = Trainer.from_checkpoint(ck_file, device=dev, steps=steps)
+        out_dir = Path(out) if out is not None else ck_file.parent
+    else:
+        if model is not None and model not in _MODEL_CHOICES:
+            raise DDPMCheckError(f"unknown --model {model!r}; choose one of {', '.join(_MODEL_CHOICES)}")
+        preset = dict(_TRAIN_PRESETS["small" if small else ("full" if model == "full" else "default")])
+        explicit = dict(data=data, image_size=image_size, model=model, timesteps=timesteps, schedule=schedule,
+                        loss=loss, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay)
+        cfg = {**preset, **{k: v for k, v in explicit.items() if v is not None}}
+        if cfg["schedule"] not in ("linear", "cosine"):
+            raise DDPMCheckError(f"unknown --schedule {cfg['schedule']!r}; choose one of linear, cosine")
+        data_cfg = DataConfig.parse(cfg["data"], image_size=cfg["image_size"], channels=channels, seed=seed)
+        if channels_list is not None:
+            model_cfg = UNetConfig(image_channels=data_cfg.channels, down_channels=_parse_channels_list(channels_list))
+        elif cfg["model"] == "full":
+            model_cfg = UNetConfig(image_channels=data_cfg.channels)
+        else:
+            model_cfg = UNetConfig.small(image_channels=data_cfg.channels)
+        model_cfg.check_image_size(data_cfg.image_size)
+        sched_cfg = ScheduleConfig(kind=cfg["schedule"], T=cfg["timesteps"], beta_start=beta_start, beta_end=beta_end)
+        train_cfg = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                                ema_decay=cfg["ema_decay"], loss=cfg["loss"], seed=seed)
+        if out is not None:
+            out_dir = Path(out)
+        else:
+            out_dir = Path("runs") / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+        if (out_dir / "checkpoint.safetensors").exists():
+            raise DDPMCheckError(
+                f"output folder {str(out_dir)!r} already holds a checkpoint; use --resume {out_dir} or another --out"
+            )
+        trainer = Trainer(model_cfg, sched_cfg, data_cfg, train_cfg, device=dev)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ck_path = out_dir / "checkpoint.safetensors"
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    total = trainer.train_cfg.steps
+    if not as_json:
+        d = trainer.data_cfg
+        console.print(
+            f"training SimpleUnet {list(trainer.model_cfg.down_channels)} ({n_params:,} params) on "
+            f"{d.kind}{' ' + str(d.path) if d.path else ''} {d.channels}x{d.image_size}x{d.image_size} "
+            f"({len(trainer.data)} images), T={trainer.schedule.T} {trainer.schedule_cfg.kind}, "
+            f"{trainer.train_cfg.loss}, batch {trainer.train_cfg.batch_size}, lr {trainer.train_cfg.lr}, "
+            f"EMA {trainer.train_cfg.ema_decay}, device {trainer.device.type}"
+            + (f", resuming at step {trainer.step}" if resume is not None else "")
+        )
+    t_train = _time.perf_counter()
+    start_step = trainer.step
+    last_ips = [float("nan")]
+    try:
+        if as_json:
+            trainer.run(until=total, checkpoint_path=ck_path, checkpoint_every=checkpoint_every,
+                        progress=lambda p: last_ips.__setitem__(0, p.images_per_s))
+        else:
+            bar, task = _train_progress_bar(console, total, trainer.step, "training")
+
+            def on_progress(p):
+                last_ips[0] = p.images_per_s
+                bar.update(task, completed=p.step, loss=f"{p.loss:.4f}", ips=f"{p.images_per_s:,.0f}")
+
+            with bar:
+                trainer.run(until=total, progress=on_progress, checkpoint_path=ck_path,
+                            checkpoint_every=checkpoint_every)
+    except KeyboardInterrupt:
+        raise fail(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume {out_dir}", code=130)
+    train_s = _time.perf_counter() - t_train
+
+    sampler = sampler_from_modules(trainer.ema, trainer.schedule, trainer.data_cfg, trainer.device,
+                                   trainer.step, trainer.loss_history)
+    is_digits = trainer.data_cfg.kind == "digits"
+    n_draw = max(n_samples, eval_n if is_digits else 0, 1)
+    x, grid, strip = _sample_pictures(sampler, n_draw, max(n_samples, 1), min(4, n_draw), seed, out_dir, console, as_json)
+    loss_png = save_loss_curve(trainer.loss_history, out_dir / "loss.png", label=f"{trainer.train_cfg.loss} loss on eps")
+    score = None
+    if is_digits and eval_n >= 2:
+        from ddpm_check.metrics import evaluate_digits
+
+        score = evaluate_digits(x[:eval_n], seed=seed).to_dict()
+    summary = {
+        "out": str(out_dir),
+        "checkpoint": str(ck_path),
+        "config": str(out_dir / "config.json"),
+        "samples_png": str(grid),
+        "reverse_process_png": str(strip),
+        "loss_png": str(loss_png),
+        "step": trainer.step,
+        "steps_this_run": trainer.step - start_step,
+        "final_loss": (float(sum(trainer.loss_history[-50:]) / len(trainer.loss_history[-50:]))
+                       if trainer.loss_history else None),
+        "parameters": n_params,
+        "device": trainer.device.type,
+        "train_seconds": round(train_s, 2),
+        "images_per_second": None if last_ips[0] != last_ips[0] else round(last_ips[0], 1),
+        "total_seconds": round(_time.perf_counter() - t_start, 2),
+        "metric": score,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    console.print(f"trained {summary['steps_this_run']} steps in {train_s:.1f} s "
+                  f"({summary['images_per_second'] or 0:,.0f} img/s); final loss {summary['final_loss'] or float('nan'):.4f}")
+    if score is not None:
+        _render_score(console, score)
+    elif not is_digits:
+        console.print("(the quality metric is defined for the digits only)")
+    console.print(f"wrote to {out_dir}/:")
+    for key in ("checkpoint", "config", "samples_png", "reverse_process_png", "loss_png"):
+        console.print(f"  {summary[key]}")
+    console.print(f"total {summary['total_seconds']:.1f} s")
+
+
+@app.command("sample")
+@edge
+def sample_command(
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint.safetensors file or a run folder.")],
+    n: Annotated[int, typer.Option("-n", "--n", help="Number of samples.")] = 64,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default <run folder>/sample-seed<seed>).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of x_T and of every step's noise.")] = 0,
+    npy: Annotated[bool, typer.Option("--npy", help="Also write the raw samples [n, C, H, W] as samples.npy.")] = False,
+    strip_rows: Annotated[int, typer.Option(help="Chains shown in reverse_process.png.")] = 4,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
+    """Sample a trained model (Ho et al. Algorithm 2): a grid and the reverse-process strip."""
+    import numpy as np
+
+    from ddpm_check.sample import load_sampler
+
+    if n < 1:
+        raise DDPMCheckError(f"-n must be >= 1, got {n}")
+    if strip_rows < 1:
+        raise DDPMCheckError(f"--strip-rows must be >= 1, got {strip_rows}")
+    sampler = load_sampler(checkpoint, device=device)
+    out_dir = Path(out) if out is not None else sampler.path.parent / f"sample-seed{seed}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    console = _console()
+    x, grid, strip = _sample_pictures(sampler, n, n, min(strip_rows, n), seed, out_dir, console, as_json)
+    summary = {"checkpoint": str(sampler.path), "step": sampler.step, "n": n, "seed": seed,
+               "shape": list(x.shape), "samples_png": str(grid), "reverse_process_png": str(strip),
+               "npy": None, "mean": float(x.mean()), "std": float(x.std()),
+               "fraction_outside_unit": float((x.abs() > 1).float().mean())}
+    if npy:
+        np.save(out_dir / "samples.npy", x.numpy())
+        summary["npy"] = str(out_dir / "samples.npy")
+    if as_json:
+        print_json(summary)
+        return
+    console.print(f"sampled {n} images {list(x.shape[1:])} from {sampler.path} (step {sampler.step}, seed {seed})")
+    for key in ("samples_png", "reverse_process_png", "npy"):
+        if summary[key]:
+            console.print(f"  {summary[key]}")
+
+
+@app.command("evaluate")
+@edge
+def evaluate_command(
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint.safetensors file or a run folder (trained on digits).")],
+    n: Annotated[int, typer.Option("-n", "--n", help="Number of samples to score.")] = 400,
+    seed: Annotated[int, typer.Option(help="Seed of the samples and of the noise ceiling.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+) -> None:
+    """Score generated digits: Frechet distance in a fixed classifier's features, beside real and noise."""
+    from ddpm_check.metrics import evaluate_digits
+    from ddpm_check.sample import load_sampler, sample
+
+    if n < 2:
+        raise DDPMCheckError(f"-n must be >= 2 for a Frechet distance, got {n}")
+    sampler = load_sampler(checkpoint, device=device)
+    if sampler.data_cfg.kind != "digits":
+        raise DDPMCheckError(
+            f"the quality metric is for models trained on the digits; {str(sampler.path)!r} was trained on "
+            f"{sampler.data_cfg.kind!r}"
+        )
+    console = _console()
+    if as_json:
+        x = sample(sampler, n, seed=seed)
+    else:
+        bar, task = _sampling_bar(console, f"sampling {n} images")
+        with bar:
+            x = sample(sampler, n, seed=seed, progress=lambda k, tot: bar.update(task, completed=k, total=tot))
+    score = evaluate_digits(x, seed=seed).to_dict()
+    score.update(checkpoint=str(sampler.path), step=sampler.step, seed=seed)
+    if as_json:
+        print_json(score)
+        return
+    console.print(f"{sampler.path} (step {sampler.step})")
+    _render_score(console, score)
 # END train-section
 
 

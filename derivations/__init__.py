@@ -1,0 +1,157 @@
+"""Symbolic derivations of the DDPM formulas, each step checked by sympy (never imports torch).
+
+Each derivation is data: an ordered list of steps (an equality, a one-line justification, the
+equation number in Ho et al. 2020) and its final results as sympy expressions.  ``get(name)``
+builds and verifies it (cached); :mod:`derivations.render` prints it; :func:`numeric` lambdifies
+a result for the numerical code, which therefore never retypes a formula.
+
+Importing this package is cheap: sympy is imported only when a derivation is requested, so the
+CLI can list the names without it.
+
+Names: "marginal" (q(x_t|x_0), eq. 4), "posterior" (q(x_{t-1}|x_t,x_0), eqs. 6-7), "mean-eps"
+(μ̃_t in terms of ε and the sampling step, eq. 11), "elbo" (the variational bound, its KL terms
+and loss weights, eqs. 5, 12, 14).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import TYPE_CHECKING, Any, Callable
+
+from ddpm_check.errors import DDPMCheckError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import sympy
+
+    from derivations.step import Derivation
+
+#: the derivations, in teaching order
+NAMES: tuple[str, ...] = ("marginal", "posterior", "mean-eps", "elbo")
+
+#: one line each, for listings (kept here so that listing needs no sympy)
+DESCRIPTIONS: dict[str, str] = {
+    "marginal": "q(x_t | x_0) = N(√ᾱ_t x_0, (1 - ᾱ_t) I): two-step merge, closed form by induction (eq. 4)",
+    "posterior": "q(x_{t-1} | x_t, x_0) = N(μ̃_t, β̃_t I): Bayes' rule, complete the square (eqs. 6-7)",
+    "mean-eps": "μ̃_t = (x_t - β_t/√(1 - ᾱ_t) ε)/√α_t and the sampling step, β̃_1 = 0 (eq. 11, Alg. 2)",
+    "elbo": "the variational bound: Gaussian KL, ε-weights, L_simple, the SNR form (eqs. 5, 12, 14)",
+}
+
+_MODULES = {
+    "marginal": "derivations.marginal",
+    "posterior": "derivations.posterior",
+    "mean-eps": "derivations.mean_eps",
+    "elbo": "derivations.elbo",
+}
+
+#: keyword arguments that numeric callables may take (symbol names; sigma_* are standard deviations)
+NUMERIC_ARGS: tuple[str, ...] = (
+    "alpha_t",
+    "beta_t",
+    "alpha_bar_t",
+    "alpha_bar_tm1",
+    "x_t",
+    "x_0",
+    "eps",
+    "sigma_t",
+    "eps_theta",
+    "x_hat_0",
+    "mu_theta",
+    "beta_tilde_t",
+    "mu_1",
+    "mu_2",
+    "sigma_1",
+    "sigma_2",
+)
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it names a derivation, else raise DDPMCheckError listing the names."""
+    if name not in NAMES:
+        raise DDPMCheckError(f"unknown derivation {name!r}; valid names: {', '.join(NAMES)}")
+    return name
+
+
+def get(name: str) -> "Derivation":
+    """The verified derivation ``name`` (cached).  Raises DDPMCheckError for an unknown name
+    and DerivationError if a step fails to verify."""
+    check_name(name)
+    return importlib.import_module(_MODULES[name]).derive()
+
+
+def build(name: str) -> "Derivation":
+    """The derivation ``name`` *without* verifying it (for tests that mutate a step)."""
+    check_name(name)
+    return importlib.import_module(_MODULES[name]).build()
+
+
+def results(name: str) -> dict[str, "sympy.Expr"]:
+    """The final results of derivation ``name`` as sympy expressions."""
+    return dict(get(name).results)
+
+
+@functools.lru_cache(maxsize=None)
+def numeric(name: str, key: str) -> Callable[..., Any]:
+    """``results(name)[key]`` lambdified for numpy.
+
+    The callable takes keyword arguments named by symbols (alpha_t, beta_t, alpha_bar_t,
+    alpha_bar_tm1, x_t, x_0, eps, ...); keywords that the expression does not use are ignored,
+    a missing one raises DDPMCheckError.  Pass consistent arrays: alpha_t=alphas,
+    beta_t=betas, alpha_bar_t=alphas_cumprod, alpha_bar_tm1=alphas_cumprod_prev.
+    """
+    res = get(name).results
+    if key not in res:
+        raise DDPMCheckError(
+            f"unknown result {key!r} of derivation {name!r}; valid keys: {', '.join(res)}"
+        )
+    return numeric_from_expr(res[key])
+
+
+def numeric_from_expr(expr: "sympy.Expr") -> Callable[..., Any]:
+    """Any sympy expression in the shared symbols, lambdified like :func:`numeric`.
+
+    For callers that modify a derived result (e.g. known-wrong variants for a check).
+    """
+    import sympy as sp
+
+    expr = sp.sympify(expr)
+    syms = sorted(expr.free_symbols, key=str)
+    names = tuple(str(v) for v in syms)
+    fn = sp.lambdify(syms, expr, modules="numpy")
+
+    def call(**kwargs: Any) -> Any:
+        missing = [n for n in names if n not in kwargs]
+        if missing:
+            raise DDPMCheckError(
+                f"missing argument(s) {', '.join(missing)} for {expr}; it needs {', '.join(names)}"
+            )
+        return fn(*(kwargs[n] for n in names))
+
+    call.__doc__ = f"numpy evaluation of {expr}; keyword arguments: {', '.join(names)}"
+    call.arg_names = names  # type: ignore[attr-defined]
+    call.expr = expr  # type: ignore[attr-defined]
+    return call
+
+
+def parse(text: str) -> "sympy.Expr":
+    """Parse an expression written by ``sympy.srepr`` or ``str`` (JSON output) back to sympy,
+    with the shared symbols' assumptions."""
+    import sympy as sp
+
+    from derivations import symbols
+
+    return sp.parse_expr(text, local_dict=symbols.local_dict())
+
+
+__all__ = [
+    "NAMES",
+    "DESCRIPTIONS",
+    "NUMERIC_ARGS",
+    "check_name",
+    "get",
+    "build",
+    "results",
+    "numeric",
+    "numeric_from_expr",
+    "parse",
+]
