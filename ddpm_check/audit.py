@@ -1247,28 +1247,14 @@ def run_audit(samples: int = DEFAULT_SAMPLES, seed: int = S.DEFAULT_ROOT_SEED, o
     samples, seed = _check_samples(samples), _check_seed(seed)
     ids = resolve_ids(only)
     out = []
-    with _single_thread():
+    from ddpm_check.montecarlo import single_thread
+
+    with single_thread():
         for cid in ids:
             if progress is not None:
                 progress(cid)
             out.append(CLAIMS[cid].run(samples, seed))
     return out
-
-
-class _single_thread:
-    """Small tensors: torch's intra-op threads cost more than they give (much more on a busy machine)."""
-
-    def __enter__(self):
-        import torch
-
-        self._n = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.set_num_threads(self._n)
-        return False
 
 
 def summary(claims: Sequence[Claim]) -> dict[str, int]:

@@ -1084,7 +1084,7 @@ CHECKS: dict[str, CheckSpec] = {
 CHECK_NAMES: tuple[str, ...] = tuple(CHECKS)
 
 
-class _single_thread:
+class single_thread:
     """Run torch single-threaded: the checks' tensors are small (thousands of elements), where
     intra-op threads cost more than they give, and much more on a busy machine.  Restored after."""
 
@@ -1146,7 +1146,7 @@ def run_check(name: str, *, samples: int | None = None, seed: int = S.DEFAULT_RO
     if name == "network":
         spec.fn(ctx, steps=options.get("steps"))
     else:
-        with _single_thread():
+        with single_thread():
             spec.fn(ctx)
     runtime = time.perf_counter() - t0
     if sched is not None:
