@@ -242,6 +242,7 @@ def train_command(
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA decay of the weights used for sampling, in [0, 1).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (CUDA: bf16 autocast, channels_last).")] = "auto",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network (faster long GPU runs; the first step compiles; falls back to eager if unavailable).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, the data order, t and the noise.")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/<name or timestamp>).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run name: the output folder is runs/<name>.")] = None,
@@ -251,7 +252,11 @@ def train_command(
     eval_n: Annotated[int, typer.Option("--eval-n", help="Samples for the digits quality metric (0: skip; samples.png then uses --n-samples).")] = 400,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary (no progress bars).")] = False,
 ) -> None:
-    """Train a SimpleUnet DDPM (Ho et al. Algorithm 1), then sample, draw and score it."""
+    """Train a SimpleUnet DDPM (Ho et al. Algorithm 1), then sample, draw and score it.
+
+    Several GPUs (or CPU processes): torchrun --nproc_per_node N --no-python ddpm-check train ...
+    (DistributedDataParallel; --batch-size is the global batch; rank 0 writes and prints).
+    """
     import time as _time
     from datetime import datetime
 
@@ -276,7 +281,7 @@ def train_command(
         from ddpm_check import checkpoint as _ckpt
 
         ck_file = _ckpt.resolve(resume)
-        trainer = Trainer.from_checkpoint(ck_file, device=dev, steps=steps)
+        trainer = Trainer.from_checkpoint(ck_file, device=dev, steps=steps, compile=compile_)
         out_dir = Path(out) if out is not None else ck_file.parent
     else:
         if model is not None and model not in _MODEL_CHOICES:
@@ -306,13 +311,17 @@ def train_command(
             raise DDPMCheckError(
                 f"output folder {str(out_dir)!r} already holds a checkpoint; use --resume {out_dir} or another --out"
             )
-        trainer = Trainer(model_cfg, sched_cfg, data_cfg, train_cfg, device=dev)
+        trainer = Trainer(model_cfg, sched_cfg, data_cfg, train_cfg, device=dev, compile=compile_)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Under torchrun every rank trains; rank 0 alone writes files and prints.
+    main_rank = trainer.dist.is_main
+    if main_rank:
+        out_dir.mkdir(parents=True, exist_ok=True)
     ck_path = out_dir / "checkpoint.safetensors"
     n_params = sum(p.numel() for p in trainer.model.parameters())
     total = trainer.train_cfg.steps
-    if not as_json:
+    quiet = as_json or not main_rank
+    if not quiet:
         d = trainer.data_cfg
         console.print(
             f"training SimpleUnet {list(trainer.model_cfg.down_channels)} ({n_params:,} params) on "
@@ -320,6 +329,8 @@ def train_command(
             f"({len(trainer.data)} images), T={trainer.schedule.T} {trainer.schedule_cfg.kind}, "
             f"{trainer.train_cfg.loss}, batch {trainer.train_cfg.batch_size}, lr {trainer.train_cfg.lr}, "
             f"EMA {trainer.train_cfg.ema_decay}, device {trainer.device.type}"
+            + (f", {trainer.dist.world_size} processes (DDP)" if trainer.dist.enabled else "")
+            + (", torch.compile" if compile_ else "")
             + (f", resuming at step {trainer.step}" if resume is not None else ""),
             soft_wrap=True,
         )
@@ -327,7 +338,7 @@ def train_command(
     start_step = trainer.step
     last_ips = [float("nan")]
     try:
-        if as_json:
+        if quiet:
             trainer.run(until=total, checkpoint_path=ck_path, checkpoint_every=checkpoint_every,
                         progress=lambda p: last_ips.__setitem__(0, p.images_per_s))
         else:
@@ -341,8 +352,17 @@ def train_command(
                 trainer.run(until=total, progress=on_progress, checkpoint_path=ck_path,
                             checkpoint_every=checkpoint_every)
     except KeyboardInterrupt:
+        trainer.close()
+        if not main_rank:
+            raise typer.Exit(130)
         raise fail(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume {out_dir}", code=130)
     train_s = _time.perf_counter() - t_train
+    trainer.close()  # leave the process group: sampling and scoring below are rank 0's alone
+    if not main_rank:
+        return
+    if compile_ and trainer.compile_error and not as_json:
+        console.print(f"[yellow]torch.compile unavailable ({trainer.compile_error}); trained in eager mode[/yellow]",
+                      soft_wrap=True)
 
     sampler = sampler_from_modules(trainer.ema, trainer.schedule, trainer.data_cfg, trainer.device,
                                    trainer.step, trainer.loss_history)
@@ -368,6 +388,8 @@ def train_command(
                        if trainer.loss_history else None),
         "parameters": n_params,
         "device": trainer.device.type,
+        "processes": trainer.dist.world_size,
+        "compiled": bool(compile_) and trainer.compile_error is None,
         "train_seconds": round(train_s, 2),
         "images_per_second": None if last_ips[0] != last_ips[0] else round(last_ips[0], 1),
         "total_seconds": round(_time.perf_counter() - t_start, 2),

@@ -4,7 +4,8 @@
   returns the EMA model in eval mode with its ``GaussianDiffusion``.
 - :func:`sample` runs batched ancestral sampling, x_T ~ N(0, I), then for i = T-1, ..., 0
   x_{i} = (x_{i+1} - beta/sqrt(1 - alpha_bar) eps_theta) / sqrt(alpha) + sigma z   (eq. 11),
-  no noise at the last step, through ``GaussianDiffusion.p_sample_loop``.
+  no noise at the last step, through ``GaussianDiffusion.p_sample_loop`` (on CUDA one step is
+  captured as a CUDA graph and replayed: the same draws and arithmetic, a fraction of the launches).
 - :func:`reverse_process` keeps x_t at 10 evenly spaced t (the loop's ``capture``), from pure
   noise (paper t = T) to the image (t = 0), as the source's ``sample_plot_image`` plots.
 - :func:`save_grid`, :func:`save_reverse_strip`, :func:`save_loss_curve` draw PNGs with
@@ -26,7 +27,7 @@ from ddpm_check.data import DataConfig
 from ddpm_check.diffusion import GaussianDiffusion
 from ddpm_check.errors import DDPMCheckError
 from ddpm_check.schedules import Schedule, ScheduleConfig
-from ddpm_check.train import autocast_model, configs_from_meta, resolve_device
+from ddpm_check.train import autocast_model, configs_from_meta, configure_cuda, resolve_device
 from ddpm_check.unet import SimpleUnet, UNetConfig
 
 
@@ -50,8 +51,28 @@ class Sampler:
         s = self.data_cfg.image_size
         return (self.model_cfg.image_channels, s, s)
 
-    def eps_model(self) -> Callable:
-        return autocast_model(self.model, self.device)
+    def eps_model(self, compile: bool = False, probe_shape: tuple[int, ...] | None = None) -> Callable:
+        """eps_theta(x_t, t) of the EMA model (bf16 autocast on CUDA).
+
+        ``compile``: through ``torch.compile``, tried at once on a batch of ``probe_shape``
+        [N, C, H, W]; if compiling fails, a warning and the eager model.
+        """
+        eager = autocast_model(self.model, self.device)
+        if not compile:
+            return eager
+        import warnings
+
+        try:
+            fast = autocast_model(torch.compile(self.model), self.device)
+            shape = probe_shape or (1, *self.shape)
+            with torch.no_grad():
+                fast(torch.zeros(shape, device=self.device),
+                     torch.zeros(shape[0], dtype=torch.long, device=self.device))
+        except Exception as exc:  # no compiler, an unsupported Python, ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            warnings.warn(f"torch.compile unavailable ({type(exc).__name__}: {first}); sampling eagerly")
+            return eager
+        return fast
 
 
 def sampler_from_modules(ema: SimpleUnet, schedule: Schedule, data_cfg: DataConfig, device: torch.device,
@@ -63,6 +84,8 @@ def sampler_from_modules(ema: SimpleUnet, schedule: Schedule, data_cfg: DataConf
 def load_sampler(path: str | Path, device: str = "auto") -> Sampler:
     """The EMA model of a checkpoint (file or run folder) on ``device``, in eval mode."""
     dev = resolve_device(device)
+    if dev.type == "cuda":
+        configure_cuda()  # TF32 and cuDNN autotuning: sampling repeats one shape T times
     tensors, meta = ckpt.load(path)
     cfgs = configs_from_meta(meta, path)
     model = SimpleUnet(cfgs["model"])
@@ -72,8 +95,7 @@ def load_sampler(path: str | Path, device: str = "auto") -> Sampler:
         raise DDPMCheckError(
             f"checkpoint {str(path)!r}: EMA weights do not match the model configuration ({str(exc).splitlines()[0]})"
         ) from None
-    fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
-    model = model.to(dev, memory_format=fmt).eval()
+    model = model.to(dev, memory_format=torch.channels_last).eval()  # the fast conv layout, CPU too
     sched = Schedule.from_config(cfgs["schedule"])
     hist = tensors["loss_history"].tolist() if "loss_history" in tensors else []
     s = sampler_from_modules(model, sched, cfgs["data"], dev, int(meta.get("step", 0)), hist)
@@ -89,32 +111,35 @@ def _check_n(n: Any, what: str = "number of samples") -> int:
 
 @torch.no_grad()
 def sample(sampler: Sampler, n: int, seed: int = 0, batch_size: int = 500,
-           progress: Callable[[int, int], Any] | None = None) -> torch.Tensor:
+           progress: Callable[[int, int], Any] | None = None, compile: bool = False) -> torch.Tensor:
     """n samples x_0 ~ p_theta, float32 [n, C, H, W] on the CPU (not clipped).
 
     Batches of ``batch_size`` share one generator (seeded by ``seed``) in order, so the result
     depends on ``batch_size``.  ``progress(done, total)`` counts reverse steps over all batches.
+    ``compile``: run the model through torch.compile (worth it for many images on a GPU; falls
+    back to eager mode where compiling fails).
     """
     n = _check_n(n)
     batch_size = _check_n(batch_size, "sampling batch size")
     dev = sampler.device
     g = torch.Generator(dev).manual_seed(int(seed))
-    eps = sampler.eps_model()
+    eps = sampler.eps_model(compile, probe_shape=(min(n, batch_size), *sampler.shape))
     T = sampler.diffusion.T
     n_batches = math.ceil(n / batch_size)
     out = []
     for b in range(n_batches):
         m = min(batch_size, n - b * batch_size)
         cb = None if progress is None else (lambda k, _T, b=b: progress(b * T + k, n_batches * T))
-        x = sampler.diffusion.p_sample_loop(eps, (m, *sampler.shape), generator=g, progress=cb)
+        x = sampler.diffusion.p_sample_loop(eps, (m, *sampler.shape), generator=g, progress=cb,
+                                                 graph=True)
         out.append(x.float().cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
 def sample_with_strip(sampler: Sampler, n: int, seed: int = 0, strip_rows: int = 4, n_cols: int = 10,
-                      batch_size: int = 500, progress: Callable[[int, int], Any] | None = None
-                      ) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+                      batch_size: int = 500, progress: Callable[[int, int], Any] | None = None,
+                      compile: bool = False) -> tuple[torch.Tensor, list[int], torch.Tensor]:
     """Like :func:`sample`, and also the reverse-process frames of the first ``strip_rows`` chains.
 
     One pass serves both pictures: the strip's rows are samples 0..strip_rows-1 themselves.
@@ -127,7 +152,7 @@ def sample_with_strip(sampler: Sampler, n: int, seed: int = 0, strip_rows: int =
     ts = strip_steps(T, n_cols)
     capture = [t - 1 for t in ts if t >= 1]
     g = torch.Generator(sampler.device).manual_seed(int(seed))
-    eps = sampler.eps_model()
+    eps = sampler.eps_model(compile, probe_shape=(min(n, batch_size), *sampler.shape))
     n_batches = math.ceil(n / batch_size)
     out, frames = [], None
     for b in range(n_batches):
@@ -135,11 +160,12 @@ def sample_with_strip(sampler: Sampler, n: int, seed: int = 0, strip_rows: int =
         cb = None if progress is None else (lambda k, _T, b=b: progress(b * T + k, n_batches * T))
         if b == 0:
             x, captured = sampler.diffusion.p_sample_loop(eps, (m, *sampler.shape), generator=g,
-                                                          progress=cb, capture=capture)
+                                                          progress=cb, capture=capture, graph=True)
             cols = [captured[t - 1][:strip_rows] if t >= 1 else x[:strip_rows] for t in ts]
             frames = torch.stack([c.float().cpu() for c in cols], dim=1)  # [rows, cols, C, H, W]
         else:
-            x = sampler.diffusion.p_sample_loop(eps, (m, *sampler.shape), generator=g, progress=cb)
+            x = sampler.diffusion.p_sample_loop(eps, (m, *sampler.shape), generator=g, progress=cb,
+                                                 graph=True)
         out.append(x.float().cpu())
     return torch.cat(out), ts, frames
 

@@ -14,12 +14,23 @@ then an Adam step and an exponential moving average of the weights,
 (the warm-up keeps the average meaningful in short runs); the EMA copy is what samples.
 BatchNorm running statistics are copied into the EMA model, not averaged.
 
-Devices: on CUDA the forward pass runs under bf16 autocast with channels_last tensors; on CPU
-everything is float32.  Randomness comes from two generators -- ``data`` (CPU: batch indices and
-flips) and ``noise`` (on the device: t and eps) -- seeded from ``seed``; their states go into
-every checkpoint with the weights, the EMA weights, Adam's state and the loss history, so
-``resume`` continues a run exactly: on CPU, K steps in one go and K/2 + K/2 with a save and a
-load in between give bit-for-bit equal weights.
+Devices: the weights are channels_last everywhere (the fast convolution layout of cuDNN and
+oneDNN); on CUDA the forward pass runs under bf16 autocast with TF32 and cuDNN autotuning on and
+the images live on the GPU; on CPU everything is float32.  Adam is fused (one kernel).
+Randomness comes from two generators -- ``data`` (CPU: batch indices and flips) and ``noise``
+(on the device: t and eps) -- seeded from ``seed``; their states go into every checkpoint with
+the weights, the EMA weights, Adam's state and the loss history, so ``resume`` continues a run
+exactly: on CPU, K steps in one go and K/2 + K/2 with a save and a load in between give
+bit-for-bit equal weights.
+
+Several processes (``torchrun --nproc_per_node N ddpm-check train ...``): DistributedDataParallel
+(NCCL on GPUs, gloo on CPU) with synchronized BatchNorm (``ddpm_check.distributed``).  Every rank
+draws the *same global batch* -- indices, flips, t and eps, from the same generators -- and trains
+on its contiguous 1/N slice of it.  This deterministic sharding replaces a DistributedSampler:
+with batch statistics synchronized and gradients averaged, N processes take the same optimiser
+steps as one process with the whole batch (up to the order of floating-point sums), the generator
+states in a checkpoint are the global ones, and a run can be resumed on any number of processes.
+Rank 0 alone reports progress and writes checkpoints; every rank loads them.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -115,9 +127,9 @@ def build_model(model_cfg: UNetConfig, seed: int) -> SimpleUnet:
         return SimpleUnet(model_cfg)
 
 
-def autocast_model(model: torch.nn.Module, device: torch.device) -> Callable:
+def autocast_model(model: Callable, device: torch.device, enabled: bool = True) -> Callable:
     """``model`` as eps_theta(x_t, t): bf16 autocast + channels_last on CUDA, float32 output."""
-    if device.type != "cuda":
+    if device.type != "cuda" or not enabled:
         return model
 
     def eps(x, t):
@@ -127,35 +139,127 @@ def autocast_model(model: torch.nn.Module, device: torch.device) -> Callable:
     return eps
 
 
+def configure_cuda() -> None:
+    """Process-wide CUDA settings for speed: TF32 for the float32 matmuls and convolutions left
+    outside bf16 autocast, and cuDNN autotuning (the shapes are fixed for a whole run)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+
+
+def _adam(params, lr: float) -> torch.optim.Optimizer:
+    """Adam, fused (one kernel for all parameters) where this torch supports it for the device."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # e.g. fused Adam on CPU before torch 2.4
+        return torch.optim.Adam(params, lr=lr)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 class Trainer:
-    """Owns the model, its EMA copy, Adam, the data and both generators; steps Algorithm 1."""
+    """Owns the model, its EMA copy, Adam, the data and both generators; steps Algorithm 1.
+
+    Keyword options (not saved in checkpoints, they do not change the math):
+        compile: run the network through ``torch.compile`` (default mode).  If compiling fails
+            (no compiler, an unsupported Python), training falls back to eager mode and
+            ``compile_error`` says why.  Worth it for long GPU runs; the first step pays the
+            compile time.
+        dtype: the parameters' dtype (float32; float64 for exact comparisons in tests).
+        distributed: None (default) = use DistributedDataParallel when launched by torchrun.
+    """
 
     def __init__(self, model_cfg: UNetConfig, schedule_cfg: ScheduleConfig, data_cfg: DataConfig,
                  train_cfg: TrainConfig, device: str | torch.device = "cpu",
-                 data: ImageData | None = None) -> None:
+                 data: ImageData | None = None, *, compile: bool = False,
+                 dtype: torch.dtype = torch.float32, distributed: bool | None = None) -> None:
+        from ddpm_check import distributed as ddp
+
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         if data_cfg.channels != model_cfg.image_channels:
             raise DDPMCheckError(
                 f"data has {data_cfg.channels} channels but the model expects {model_cfg.image_channels}"
             )
         model_cfg.check_image_size(data_cfg.image_size)
+        if dtype not in (torch.float32, torch.float64):
+            raise DDPMCheckError(f"training dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        use_dist = ddp.launched_by_torchrun() if distributed is None else bool(distributed)
+        if use_dist:
+            if not ddp.launched_by_torchrun():
+                raise DDPMCheckError("distributed training needs the torchrun environment (RANK, WORLD_SIZE > 1)")
+            world = ddp.env_world_size()
+            if train_cfg.batch_size % world:
+                raise DDPMCheckError(
+                    f"batch size {train_cfg.batch_size} does not split evenly over {world} processes; "
+                    f"choose a multiple of {world} (the batch size is the global batch of all processes)"
+                )
+            if self.device.type == "cuda" and self.device.index is None:
+                self.device = torch.device("cuda", ddp.env_local_rank())
+            self._owns_group = not torch.distributed.is_initialized()
+            self.dist = ddp.init_from_env(self.device)
+        else:
+            self._owns_group = False
+            self.dist = ddp.DistInfo()
         self.model_cfg, self.schedule_cfg, self.data_cfg, self.train_cfg = model_cfg, schedule_cfg, data_cfg, train_cfg
+        self.dtype = dtype
         self.schedule = Schedule.from_config(schedule_cfg)
-        self.diffusion = GaussianDiffusion(self.schedule, device=self.device, dtype=torch.float32)
+        self.diffusion = GaussianDiffusion(self.schedule, device=self.device, dtype=dtype)
         self.data = data if data is not None else load_data(data_cfg)
 
         cuda = self.device.type == "cuda"
-        fmt = torch.channels_last if cuda else torch.contiguous_format
-        self.model = build_model(model_cfg, train_cfg.seed).to(self.device, memory_format=fmt)
-        self.ema = copy.deepcopy(self.model).eval()
+        if cuda:
+            configure_cuda()
+        # channels_last: cuDNN's and oneDNN's fast convolution layout (measured ~10 % faster on a
+        # laptop CPU too, see BENCHMARKS.md).
+        self.model = build_model(model_cfg, train_cfg.seed).to(self.device, dtype=dtype,
+                                                               memory_format=torch.channels_last)
+        self.ema = copy.deepcopy(self.model).eval()  # plain BatchNorm: sampling needs no collectives
         for p in self.ema.parameters():
             p.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train_cfg.lr)
+        net: Callable = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp.convert_batchnorm(self.model, self.device)  # same state_dict keys, global-batch statistics
+            # Buffers (BatchNorm running statistics) are computed from all-reduced sums, so they are
+            # identical on every rank without DDP's per-step broadcast.
+            import inspect
+
+            sync = ("forward_sync_buffers" if "forward_sync_buffers" in
+                    inspect.signature(DistributedDataParallel).parameters else "broadcast_buffers")
+            net = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None,
+                                          gradient_as_bucket_view=True, **{sync: False})
+        self._net = net
+        # fused Adam: one kernel for all parameters on CUDA (and on CPU, measured faster than the
+        # per-parameter loop); the arithmetic is Adam's.
+        self.optimizer = _adam(self.model.parameters(), train_cfg.lr)
         self.data_gen = torch.Generator("cpu").manual_seed(_child_seed(train_cfg.seed, "data"))
         self.noise_gen = torch.Generator(self.device).manual_seed(_child_seed(train_cfg.seed, "noise"))
         self.step = 0
         self.loss_history: list[float] = []
-        self._eps = autocast_model(self.model, self.device)
+        # On CUDA the images live on the GPU (a [N, C, H, W] set of a few hundred MB at most for
+        # these models): a batch is a gather on the device, not a host copy that stalls the stream.
+        self._images = self.data.images.to(self.device) if cuda else self.data.images
+        self._amp = cuda and dtype == torch.float32
+        self._eager_eps = autocast_model(net, self.device, enabled=self._amp)
+        self._eps = self._eager_eps
+        self.compile_error: str | None = None
+        self._compile_pending = False
+        if compile:
+            try:
+                self._eps = autocast_model(torch.compile(net), self.device, enabled=self._amp)
+                self._compile_pending = True  # compiling happens at the first step
+            except Exception as exc:  # torch.compile itself refuses (e.g. an unsupported Python)
+                self.compile_error = _first_line(exc)
+                warnings.warn(f"torch.compile is unavailable ({self.compile_error}); training in eager mode")
+
+    @property
+    def compiled(self) -> bool:
+        return self._eps is not self._eager_eps
 
     # ---- one step -------------------------------------------------------------------------------
     def _ema_update(self) -> None:
@@ -168,16 +272,62 @@ class Trainer:
             for eb, b in zip(self.ema.buffers(), self.model.buffers()):
                 eb.copy_(b)
 
-    def train_step(self) -> torch.Tensor:
-        """One Adam step on a fresh batch; returns the (detached, on-device) loss."""
-        self.model.train()
+    def global_batch(self, batch_size: int | None = None) -> torch.Tensor:
+        """x_0 ~ q(x_0): ``batch_size`` images (default: the global batch) on the device.
+
+        The same draws as ``ImageData.batch`` (indices, then flips, from the data generator, on
+        the CPU), but the gather runs where the images are.
+        """
+        B = self.train_cfg.batch_size if batch_size is None else batch_size
+        idx = torch.randint(len(self.data), (B,), generator=self.data_gen)  # [B]
+        flip = torch.rand(B, generator=self.data_gen) < 0.5 if self.data.config.use_flip else None  # [B]
+        if self._images.device != idx.device:
+            idx = idx.pin_memory().to(self._images.device, non_blocking=True)
+            flip = None if flip is None else flip.pin_memory().to(self._images.device, non_blocking=True)
+        x = self._images[idx]  # [B, C, H, W]
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32) / 127.5 - 1.0
+        if flip is not None:
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x.to(self.device, dtype=self.dtype, non_blocking=True)
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One global batch (x_0, t, eps), then this rank's contiguous shard of each."""
+        from ddpm_check.distributed import shard
+
         B = self.train_cfg.batch_size
-        x_0 = self.data.batch(B, self.data_gen).to(self.device, non_blocking=True)  # [B, C, H, W]
+        x_0 = self.global_batch(B)  # [B, C, H, W]
         t = torch.randint(0, self.diffusion.T, (B,), generator=self.noise_gen, device=self.device)  # [B]
-        noise = torch.randn(x_0.shape, generator=self.noise_gen, device=self.device)  # eps ~ N(0, I)
+        noise = torch.randn(x_0.shape, generator=self.noise_gen, device=self.device, dtype=self.dtype)  # eps ~ N(0, I)
+        return shard(x_0, self.dist), shard(t, self.dist), shard(noise, self.dist)
+
+    def _forward_backward(self, x_0, t, noise) -> torch.Tensor:
         loss = self.diffusion.loss(self._eps, x_0, t=t, noise=noise, kind=self.train_cfg.loss)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # DDP: gradients averaged over ranks = the gradient of the global batch's loss
+        return loss
+
+    def train_step(self) -> torch.Tensor:
+        """One Adam step on a fresh batch; returns the (detached, on-device) loss of this rank's shard."""
+        self.model.train()
+        x_0, t, noise = self.draw()
+        if self._compile_pending:
+            saved = [b.detach().clone() for b in self.model.buffers()]
+            try:
+                loss = self._forward_backward(x_0, t, noise)
+            except DDPMCheckError:
+                raise
+            except Exception as exc:  # compiling failed: the same step again, eagerly
+                self.compile_error = _first_line(exc)
+                warnings.warn(f"torch.compile failed ({self.compile_error}); training in eager mode")
+                with torch.no_grad():
+                    for b, s in zip(self.model.buffers(), saved):
+                        b.copy_(s)
+                self._eps = self._eager_eps
+                loss = self._forward_backward(x_0, t, noise)
+            self._compile_pending = False
+        else:
+            loss = self._forward_backward(x_0, t, noise)
         self.optimizer.step()
         self._ema_update()
         self.step += 1
@@ -190,19 +340,28 @@ class Trainer:
 
         Reports through ``progress`` every ``report_every`` steps; saves to ``checkpoint_path``
         every ``checkpoint_every`` steps (0: never in between), at the end, and on Ctrl-C
-        (then re-raises KeyboardInterrupt).
+        (then re-raises KeyboardInterrupt).  Distributed: the reported and recorded losses are
+        the global batch's (the mean over ranks); only rank 0 reports and saves, and every rank
+        returns after the final checkpoint is written.
         """
+        from ddpm_check import distributed as ddp
+
         until = self.train_cfg.steps if until is None else until
         if until < self.step:
             raise DDPMCheckError(f"cannot train to step {until}: the run is already at step {self.step}")
         start_step, t0 = self.step, time.perf_counter()
         pending: list[torch.Tensor] = []
+        main = self.dist.is_main
 
-        def flush() -> float:
+        def flush(collective: bool = True) -> float:
             if not pending:
                 return float("nan")
-            vals = torch.stack(pending).float().cpu().tolist()
+            vals_t = torch.stack(pending).to(torch.float64)
             pending.clear()
+            if self.dist.enabled and collective:  # the global batch's loss: mean of equal shards
+                torch.distributed.all_reduce(vals_t)
+                vals_t /= self.dist.world_size
+            vals = vals_t.cpu().tolist()
             self.loss_history.extend(vals)
             if not all(math.isfinite(v) for v in vals):
                 raise DDPMCheckError(
@@ -210,27 +369,38 @@ class Trainer:
                 )
             return float(np.mean(vals))
 
+        def save() -> None:
+            if checkpoint_path is not None and main:
+                self.save(checkpoint_path)
+
         try:
             while self.step < until:
                 pending.append(self.train_step())
                 done = self.step == until
                 if done or self.step % report_every == 0:
                     mean_loss = flush()
-                    if progress is not None:
+                    if progress is not None and main:
                         el = time.perf_counter() - t0
                         ips = (self.step - start_step) * self.train_cfg.batch_size / max(el, 1e-9)
                         progress(TrainProgress(self.step, until, mean_loss, ips, el))
                 if checkpoint_path is not None and checkpoint_every and self.step % checkpoint_every == 0 and not done:
                     flush()
-                    self.save(checkpoint_path)
+                    save()
         except KeyboardInterrupt:
-            flush()
-            if checkpoint_path is not None:
-                self.save(checkpoint_path)
+            flush(collective=False)  # ranks may stop at different points: no collective here
+            save()
             raise
         flush()
-        if checkpoint_path is not None:
-            self.save(checkpoint_path)
+        save()
+        ddp.barrier()
+
+    def close(self) -> None:
+        """Leave the process group if this Trainer joined it (a no-op otherwise)."""
+        from ddpm_check import distributed as ddp
+
+        if self._owns_group:
+            ddp.shutdown()
+            self._owns_group = False
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def config_dict(self) -> dict:
@@ -267,9 +437,15 @@ class Trainer:
             self.model.load_state_dict(ckpt.prefixed(tensors, "model"), strict=True)
             self.ema.load_state_dict(ckpt.prefixed(tensors, "ema"), strict=True)
             opt_sd = self.optimizer.state_dict()
+            params = list(self.model.parameters())
             state: dict[int, dict[str, torch.Tensor]] = {}
             for key, v in ckpt.prefixed(tensors, "optim").items():
                 i, name = key.split("/", 1)
+                p = params[int(i)]
+                if v.shape == p.shape:
+                    # Checkpoints store contiguous tensors; Adam's moments must have their
+                    # parameter's layout (channels_last), which fused Adam assumes element for element.
+                    v = torch.empty_like(p, dtype=v.dtype).copy_(v)
                 state.setdefault(int(i), {})[name] = v
             opt_sd["state"] = state
             self.optimizer.load_state_dict(opt_sd)
@@ -289,14 +465,18 @@ class Trainer:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", steps: int | None = None,
-                        data: ImageData | None = None) -> "Trainer":
-        """Rebuild a run from a checkpoint to continue it; ``steps`` (if given) is the new total."""
+                        data: ImageData | None = None, **options: Any) -> "Trainer":
+        """Rebuild a run from a checkpoint to continue it; ``steps`` (if given) is the new total.
+
+        ``options`` are Trainer's keyword options (compile, dtype, distributed).  Every rank of a
+        distributed run loads the same file; the run may continue on another number of processes.
+        """
         tensors, meta = ckpt.load(path)
         cfgs = configs_from_meta(meta, path)
         train_cfg = cfgs["train"]
         if steps is not None:
             train_cfg = TrainConfig(**{**train_cfg.to_dict(), "steps": steps})
-        tr = cls(cfgs["model"], cfgs["schedule"], cfgs["data"], train_cfg, device=device, data=data)
+        tr = cls(cfgs["model"], cfgs["schedule"], cfgs["data"], train_cfg, device=device, data=data, **options)
         for key in ("rng/data", "rng/noise", "loss_history"):
             if key not in tensors:
                 raise DDPMCheckError(f"checkpoint {str(path)!r} lacks {key!r}: it cannot be resumed")

@@ -1,0 +1,173 @@
+"""The speed options keep the math: CUDA-graph sampling's static step, torch.compile's fallback,
+channels_last Adam state across a checkpoint.  All on CPU; the GPU timings are in
+benchmarks/gpu_bench.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ddpm_check.data import DataConfig
+from ddpm_check.diffusion import GaussianDiffusion
+from ddpm_check.schedules import ScheduleConfig, make_schedule
+from ddpm_check.train import Trainer, TrainConfig
+from ddpm_check.unet import SimpleUnet, UNetConfig
+
+TINY = UNetConfig(image_channels=1, down_channels=(8, 16), time_emb_dim=8)
+SCHED = ScheduleConfig(kind="linear", T=30)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return SimpleUnet(TINY).eval()
+
+
+def test_graph_step_loop_equals_the_eager_loop(net):
+    # The loop p_sample_loop(graph=True) replays on CUDA, run step by step here: the same draws
+    # (none at index 0) and the same arithmetic as the eager loop, so the same numbers.
+    d = GaussianDiffusion(make_schedule(T=30))
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    x0, cap = d.p_sample_loop(net, (6, 1, 8, 8), generator=g1, capture=[29, 10, 0])
+    x_T = torch.randn((6, 1, 8, 8), generator=g2)
+    calls = []
+    y0, cap2 = d._p_sample_loop_graphed(net, x_T, g2, lambda k, T: calls.append(k), {29, 10, 0},
+                                        capture_graph=False)
+    assert torch.equal(x0, y0)
+    assert cap.keys() == cap2.keys() and all(torch.equal(cap[k], cap2[k]) for k in cap)
+    assert torch.equal(g1.get_state(), g2.get_state())  # no extra draw at the last step
+    assert calls == list(range(1, 31))
+    assert not torch.equal(x0, x_T)  # the loop did something
+
+
+def test_graph_option_off_cuda_is_the_eager_loop(net):
+    d = GaussianDiffusion(make_schedule(T=12))
+    a = d.p_sample_loop(net, (3, 1, 8, 8), generator=torch.Generator().manual_seed(1))
+    b = d.p_sample_loop(net, (3, 1, 8, 8), generator=torch.Generator().manual_seed(1), graph=True)
+    assert torch.equal(a, b)
+
+
+def test_graph_step_uses_the_step_index_from_the_device_tensor(net):
+    # one static step at index i equals p_sample's step with the same noise, for several i
+    d = GaussianDiffusion(make_schedule(T=30))
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    z = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    for i in (29, 15, 1, 0):
+        buf = x.clone()
+        d._graph_step(net, buf, z, torch.tensor([i]))
+        with torch.no_grad():
+            ref = d.p_sample(net, x, i, noise=z)
+        torch.testing.assert_close(buf, ref, rtol=1e-6, atol=1e-6)
+
+
+def _trainer(**kw) -> Trainer:
+    return Trainer(TINY, SCHED, DataConfig(), TrainConfig(steps=3, batch_size=8), device="cpu",
+                   distributed=False, **kw)
+
+
+def test_compile_failure_falls_back_to_the_same_eager_steps(monkeypatch):
+    eager = _trainer()
+    eager.run()
+
+    def broken_compile(module, *a, **k):
+        def call(*args, **kwargs):
+            # like a missing compiler: fails at the first call, after BatchNorm could have run
+            module(*args, **kwargs)
+            raise RuntimeError("no C++ compiler found\nsecond line")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        tr = _trainer(compile=True)
+        tr.run()
+    assert tr.compile_error == "RuntimeError: no C++ compiler found" and not tr.compiled
+    a, b = eager.state_tensors(), tr.state_tensors()
+    for k in a:  # BatchNorm statistics of the failed attempt were rolled back: bit for bit
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_compile_refused_at_wrapping(monkeypatch):
+    def refuse(*a, **k):
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    with pytest.warns(UserWarning, match="unavailable"):
+        tr = _trainer(compile=True)
+    tr.run()
+    assert tr.step == 3 and "Dynamo" in tr.compile_error
+
+
+def test_cli_compile_flag_reports_the_fallback(monkeypatch, tmp_path):
+    from cli import app
+
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no inductor")))
+    args = ["train", "--small", "--steps", "2", "-T", "10", "--eval-n", "0", "--n-samples", "1",
+            "--checkpoint-every", "0", "--compile"]
+    with pytest.warns(UserWarning, match="no inductor"):
+        r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert "torch.compile unavailable" in r.output and "no inductor" in r.output
+    with pytest.warns(UserWarning, match="no inductor"):
+        r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["compiled"] is False
+
+
+def test_adam_state_keeps_the_parameter_layout_after_resume(tmp_path):
+    # checkpoints hold contiguous tensors; fused Adam on channels_last weights needs its moments
+    # in the same layout (a mismatch silently scrambled the update before this was handled)
+    tr = _trainer()
+    tr.run(checkpoint_path=tmp_path / "checkpoint.safetensors")
+    back = Trainer.from_checkpoint(tmp_path, device="cpu", distributed=False)
+    four_d = [p for p in back.model.parameters() if p.ndim == 4]
+    assert four_d and all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d)
+    for p in four_d:
+        st = back.optimizer.state[p]
+        assert st["exp_avg"].stride() == p.stride() and st["exp_avg_sq"].stride() == p.stride()
+
+
+@pytest.mark.slow
+def test_real_compile_on_cpu_matches_eager():
+    eager = _trainer()
+    eager.run()
+    tr = _trainer(compile=True)
+    tr.run()
+    if tr.compile_error:
+        pytest.skip(f"torch.compile unavailable here: {tr.compile_error}")
+    assert tr.compiled
+    for k, v in eager.state_tensors().items():
+        if v.dtype.is_floating_point:
+            torch.testing.assert_close(tr.state_tensors()[k], v, rtol=1e-3, atol=1e-4)
+
+
+def _sampler():
+    from ddpm_check.sample import sampler_from_modules
+    from ddpm_check.schedules import Schedule
+
+    torch.manual_seed(0)
+    return sampler_from_modules(SimpleUnet(TINY), Schedule.from_config(SCHED), DataConfig(), torch.device("cpu"))
+
+
+def test_sampling_compile_falls_back_to_eager(monkeypatch):
+    from ddpm_check.sample import sample
+
+    s = _sampler()
+    ref = sample(s, 3, seed=2)
+
+    def broken(module, *a, **k):
+        return lambda *args, **kw: (_ for _ in ()).throw(RuntimeError("inductor missing"))
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(UserWarning, match="inductor missing"):
+        got = sample(s, 3, seed=2, compile=True)
+    assert torch.equal(got, ref)
+
+
+@pytest.mark.slow
+def test_real_compiled_sampling_on_cpu_matches_eager():
+    from ddpm_check.sample import sample
+
+    s = _sampler()
+    torch.testing.assert_close(sample(s, 3, seed=2, compile=True), sample(s, 3, seed=2), rtol=1e-3, atol=1e-3)
