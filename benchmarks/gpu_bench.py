@@ -10,7 +10,7 @@ each guarded (an error or a budget overrun in one leaves the others) and each wr
 $OUT/gpu_bench.json as soon as it ends:
 
   env       torch, GPU, default TF32 flags
-  train     images/s: the source loop (benchmarks/source_loop.py) in strict fp32 and with
+  train     images/s: the source loop (ddpm_check/source.py) in strict fp32 and with
             torch's defaults; ddpm-check's Trainer (bf16 autocast, channels_last, TF32, cuDNN
             autotuning, fused Adam, images on the GPU, EMA) through Trainer.run
   quality   the full SimpleUnet trained briefly on the digits (32x32) by the Trainer; eps-MSE of
@@ -241,7 +241,7 @@ def sec_train_source(b: Bench, res: dict) -> None:
     import torch
 
     from ddpm_check.unet import SimpleUnet
-    from source_loop import SourceLoop
+    from ddpm_check.source import SourceLoop
 
     B = b.cfg["batch"]
     torch.manual_seed(0)
@@ -364,7 +364,7 @@ def sec_sample(b: Bench, res: dict) -> None:
 
     from ddpm_check.train import autocast_model
     from ddpm_check.unet import SimpleUnet
-    from source_loop import SourceLoop
+    from ddpm_check.source import SourceLoop
 
     ema, diff = _sample_model(b)
     n, s = b.cfg["sample_n"], b.cfg["size"]

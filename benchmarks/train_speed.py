@@ -11,7 +11,7 @@ model:
 - ddpm-check: ``Trainer.train_step`` (channels_last weights, fused Adam, coefficients gathered
   on the device, L2 loss, and an EMA update the source does not do) and ``sample`` (batched
   ``p_sample_loop``: 0-d coefficient views, noise refilled in place, no host sync);
-- the source: ``benchmarks/source_loop.py`` (per-step CPU gathers through
+- the source: ``ddpm_check/source.py`` (per-step CPU gathers through
   ``get_index_from_list``, L1 loss, default Adam, contiguous tensors; sampling one image at a
   time with ``if t == 0``).
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mdsection import load_average, machine, write_section  # noqa: E402
-from source_loop import SourceLoop  # noqa: E402
+from ddpm_check.source import SourceLoop  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -141,7 +141,7 @@ def main() -> None:
         f"- model: SimpleUnet {list(tr.model_cfg.down_channels)} "
         f"({sum(p.numel() for p in tr.model.parameters()):,} params), 8x8 digits, T = {T}; "
         f"the same initial weights on both sides; medians of alternating repeats",
-        "- source loop: `benchmarks/source_loop.py` (CPU coefficient gathers, L1, default Adam, "
+        "- source loop: `ddpm_check/source.py` (CPU coefficient gathers, L1, default Adam, "
         "contiguous; sampling one image at a time with `if t == 0`)",
         "",
         "| stage | ddpm-check | source loop | ratio |",

@@ -801,28 +801,14 @@ def claim_training_loss(mixture=None, schedule: Schedule | None = None, samples:
 # =============================================================================================
 # 9. `if t == 0` in the sampling step
 # =============================================================================================
-def source_get_index_from_list(vals, t, x_shape):
-    """The source's helper, verbatim in logic: vals[t] reshaped to [N, 1, ..., 1]."""
-    batch_size = t.shape[0]
-    out = vals.gather(-1, t.cpu())
-    return out.reshape(batch_size, *((1,) * (len(x_shape) - 1))).to(t.device)
-
-
-def source_sample_timestep(model, x, t, arrays: dict, randn_like: Callable | None = None):
-    """The source's ``sample_timestep``, reproduced (``arrays``: the schedule as torch tensors)."""
+def source_sample_timestep(model, x, t, schedule: Schedule, randn_like: Callable | None = None):
+    """The source's ``sample_timestep`` (``ddpm_check.source``) over ``schedule`` in float64."""
     import torch
 
-    randn_like = randn_like or torch.randn_like
-    betas_t = source_get_index_from_list(arrays["betas"], t, x.shape)
-    sqrt_one_minus_alphas_cumprod_t = source_get_index_from_list(arrays["sqrt_one_minus_alphas_cumprod"], t, x.shape)
-    sqrt_recip_alphas_t = source_get_index_from_list(arrays["sqrt_recip_alphas"], t, x.shape)
-    model_mean = sqrt_recip_alphas_t * (x - betas_t * model(x, t) / sqrt_one_minus_alphas_cumprod_t)
-    posterior_variance_t = source_get_index_from_list(arrays["posterior_variance"], t, x.shape)
-    if t == 0:
-        return model_mean
-    else:
-        noise = randn_like(x)
-        return model_mean + torch.sqrt(posterior_variance_t) * noise
+    from ddpm_check.source import SourceLoop
+
+    loop = SourceLoop.from_schedule(schedule, dtype=torch.float64)
+    return loop.sample_timestep(model, x, t, randn_like=randn_like or torch.randn_like)
 
 
 def claim_t_equals_zero(t_batch: Sequence[int] = (0, 5), schedule: Schedule | None = None,
@@ -847,11 +833,10 @@ def claim_t_equals_zero(t_batch: Sequence[int] = (0, 5), schedule: Schedule | No
 
     def model(x_, t_):
         return 0.5 * x_  # any eps-predictor will do
-    arrays = s.to_torch(dtype=torch.float64)
     diff = GaussianDiffusion(s, dtype=torch.float64)
     error = None
     try:
-        src_out = source_sample_timestep(model, x, t, arrays, randn_like=lambda v: noise1)
+        src_out = source_sample_timestep(model, x, t, s, randn_like=lambda v: noise1)
     except Exception as exc:  # the failure we are documenting
         src_out, error = None, f"{type(exc).__name__}: {exc}"
     fix1 = diff.p_sample(model, x, t, noise=noise1)
@@ -870,7 +855,7 @@ def claim_t_equals_zero(t_batch: Sequence[int] = (0, 5), schedule: Schedule | No
     }
     # the realistic failure: sampling several images at one step
     try:
-        source_sample_timestep(model, x[:1].repeat(4, 1, 1, 1), torch.full((4,), tb[0]), arrays)
+        source_sample_timestep(model, x[:1].repeat(4, 1, 1, 1), torch.full((4,), tb[0]), s)
         evidence["four_images_same_step_error"] = None
     except Exception as exc:
         evidence["four_images_same_step_error"] = f"{type(exc).__name__}: {exc}"
@@ -1264,7 +1249,7 @@ def summary(claims: Sequence[Claim]) -> dict[str, int]:
 
 __all__ = [
     "Claim", "HOLDS", "ERRATUM", "CAVEAT", "VERDICTS", "CLAIMS", "CLAIM_IDS", "DEFAULT_SAMPLES",
-    "run_audit", "resolve_ids", "summary", "source_schedule", "source_sample_timestep", "source_get_index_from_list",
+    "run_audit", "resolve_ids", "summary", "source_schedule", "source_sample_timestep",
     "source_subplot_indices", "source_posterior_formulas", "forward_step_variances", "eps_posterior_components",
     "mixture_median", "interleaved_embedding", "find_column_permutation", "code_frequencies", "tv_prior_worst",
     "audit_mixture", "claim_forward_step", "claim_alpha_to_zero", "claim_gaussian_merge", "claim_closed_form",

@@ -201,11 +201,10 @@ def test_if_t_equals_0_holds_for_one_timestep(t_batch):
 def test_source_sample_timestep_reproduction():
     """Batch of one: the reproduced step is mean (t = 0) or mean + sqrt(beta_tilde_t) z (t > 0), by hand."""
     s = make_schedule("linear", T=10)
-    arrays = s.to_torch(dtype=torch.float64)
     x = torch.full((1, 1, 2, 2), 0.3, dtype=torch.float64)
     z = torch.full_like(x, 2.0)
     for t in (0, 4):
-        out = A.source_sample_timestep(lambda x_, t_: torch.zeros_like(x_), x, torch.tensor([t]), arrays,
+        out = A.source_sample_timestep(lambda x_, t_: torch.zeros_like(x_), x, torch.tensor([t]), s,
                                        randn_like=lambda v: z)
         expect = 0.3 / math.sqrt(s.alphas[t]) + (0 if t == 0 else math.sqrt(s.posterior_variance[t]) * 2.0)
         assert torch.allclose(out, torch.full_like(x, expect), rtol=1e-14)

@@ -1,4 +1,7 @@
-"""The source's training and sampling loop, re-implemented faithfully for the benchmarks.
+"""The source's training and sampling loop, re-implemented faithfully.
+
+The benchmarks time it beside ddpm-check, and ``ddpm-check audit`` runs its ``sample_timestep``
+to show the ``if t == 0`` failure on a batch.
 
 Written from the source (seed/diffusion-model-study.md) and the tutorial it follows ("Diffusion
 models from scratch in PyTorch"); only the model is shared with ddpm-check (the same SimpleUnet
@@ -40,6 +43,18 @@ class SourceLoop:
         self.sqrt_one_minus_alphas_cumprod = torch.sqrt(1.0 - alphas_cumprod)
         self.posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
 
+    @classmethod
+    def from_schedule(cls, schedule, device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float64) -> "SourceLoop":
+        """The same functions over a ``ddpm_check.schedules.Schedule``'s arrays (CPU tensors, as
+        the source keeps them), for any schedule and dtype."""
+        loop = cls.__new__(cls)
+        loop.T, loop.device = schedule.T, torch.device(device)
+        for name in ("betas", "sqrt_recip_alphas", "sqrt_alphas_cumprod",
+                     "sqrt_one_minus_alphas_cumprod", "posterior_variance"):
+            setattr(loop, name, torch.tensor(getattr(schedule, name), dtype=dtype))
+        return loop
+
     @staticmethod
     def get_index_from_list(vals, t, x_shape):
         batch_size = t.shape[0]
@@ -69,7 +84,8 @@ class SourceLoop:
         return loss
 
     @torch.no_grad()
-    def sample_timestep(self, model, x, t):
+    def sample_timestep(self, model, x, t, randn_like=torch.randn_like):
+        """The source's step; ``randn_like`` lets a test supply the noise."""
         betas_t = self.get_index_from_list(self.betas, t, x.shape)
         sqrt_one_minus_alphas_cumprod_t = self.get_index_from_list(self.sqrt_one_minus_alphas_cumprod, t, x.shape)
         sqrt_recip_alphas_t = self.get_index_from_list(self.sqrt_recip_alphas, t, x.shape)
@@ -77,7 +93,7 @@ class SourceLoop:
         posterior_variance_t = self.get_index_from_list(self.posterior_variance, t, x.shape)
         if t == 0:
             return model_mean
-        noise = torch.randn_like(x)
+        noise = randn_like(x)
         return model_mean + torch.sqrt(posterior_variance_t) * noise
 
     @torch.no_grad()
