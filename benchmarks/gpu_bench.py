@@ -20,13 +20,23 @@ $OUT/gpu_bench.json as soon as it ends:
             CUDA graph (p_sample_loop(graph=True), checked against eager), the source's
             one-image loop (timed on a few steps, extrapolated), diffusers' DDPMScheduler loop in
             bf16 if diffusers is installed
+  ladder    where the Trainer's time goes (the issue's gap): the source's loop again, rung by
+            rung as the issue measured it (TF32, + channels_last, + bf16 autocast, + cuDNN
+            autotune), each on a fresh model
+  ablate    the Trainer with one thing taken away at a time (the EMA update, cuDNN autotune,
+            bf16 autocast, Trainer.run's loss read-back), beside the Trainer as it is
+  profile   torch.profiler over a few steps of the Trainer, of the best source rung and of one
+            bf16 sampling step: wall vs GPU-busy time per step, kernel time by kind
+            (convolution/GEMM, BatchNorm, elementwise, copies and casts, optimizer, EMA) and the
+            top kernels
   compile   in a child process with a timeout (what is left of the budget): Trainer(compile=True)
             training images/s and compile time; sampling with torch.compile(model) inside the
             CUDA graph
 
 Timing: torch.cuda.synchronize() around perf_counter; warm-up steps first.  Output: progress
-lines, a Markdown table (printed and written to $OUT/gpu_bench.md; OUT defaults to
-./bench_out) and the JSON.
+lines, Markdown tables (printed and written to $OUT/gpu_bench.md, and the ladder and profile to
+$OUT/gpu_gap.md; OUT defaults to ./bench_out) and the JSON.  ``--only ladder,profile`` runs just
+those sections (env always runs); ``--merge`` takes either .md file.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ import traceback
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -236,37 +247,62 @@ def sec_env(b: Bench, res: dict) -> None:
     res["setup"] = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in b.cfg.items()}
 
 
-def sec_train_source(b: Bench, res: dict) -> None:
-    """The source loop: fp32 NCHW model, default Adam, CPU batches and CPU coefficient gathers."""
+def _time_steps(b: Bench, step, n: int, warm: int = 3) -> tuple[float, Any]:
+    """Seconds per step of ``step()`` after ``warm`` untimed calls (synchronised), and its last value."""
+    out = None
+    for _ in range(warm):
+        step()
+    sync(b.dev)
+    t = time.perf_counter()
+    for _ in range(n):
+        out = step()
+    sync(b.dev)
+    return (time.perf_counter() - t) / max(n, 1), out
+
+
+def _source_setup(b: Bench, channels_last: bool = False, bf16: bool = False):
+    """The source's model and Adam on a fresh, seeded SimpleUnet, and one source training step as
+    a function.  channels_last / bf16 add the issue's rungs around the same loop: the weights and
+    the input in channels_last, the forward pass under bf16 autocast (output cast to float32)."""
     import torch
 
-    from ddpm_check.unet import SimpleUnet
     from ddpm_check.source import SourceLoop
+    from ddpm_check.unet import SimpleUnet
 
     B = b.cfg["batch"]
     torch.manual_seed(0)
-    model = SimpleUnet(b.cfg["model"]).to(b.dev).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = SimpleUnet(b.cfg["model"]).to(b.dev, memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     src = SourceLoop(b.cfg["T"], b.dev)
     pool = b.pool()
     g = torch.Generator().manual_seed(1)
+
+    def net(x, t):
+        x = x.contiguous(memory_format=fmt)
+        if not bf16:
+            return model(x, t)
+        with torch.autocast(b.dev.type, dtype=torch.bfloat16):
+            return model(x, t).float()
+
+    def step():
+        return src.train_step(net, opt, pool[torch.randint(len(pool), (B,), generator=g)], B)
+
+    return step
+
+
+def sec_train_source(b: Bench, res: dict) -> None:
+    """The source loop: fp32 NCHW model, default Adam, CPU batches and CPU coefficient gathers."""
+    B = b.cfg["batch"]
     variants = ["strict"]
     if b.dev.type == "cuda" and any(DEFAULT_FLAGS[:2]):
         variants.append("defaults")  # cuDNN's TF32 convolutions are on by default in torch
+    step = _source_setup(b)
     for mode in variants:
         name = {"strict": "strict_fp32", "defaults": "torch_defaults"}[mode]
         with precision(mode):
-            step = lambda: src.train_step(model, opt, pool[torch.randint(len(pool), (B,), generator=g)], B)  # noqa: E731
-            for _ in range(3):
-                step()
-            sync(b.dev)
-            n = b.cfg["src_timed"]
-            t = time.perf_counter()
-            for _ in range(n):
-                loss = step()
-            sync(b.dev)
-            dt = time.perf_counter() - t
-            res[name] = {"images_per_s": round(n * B / dt, 1), "ms_per_step": round(1000 * dt / n, 2),
+            dt, loss = _time_steps(b, step, b.cfg["src_timed"])
+            res[name] = {"images_per_s": round(B / dt, 1), "ms_per_step": round(1000 * dt, 2),
                          "loss": float(loss.detach()), "flags(matmul_tf32, cudnn_tf32, cudnn_benchmark)": flags()}
         log(f"  source loop {name}: {res[name]['images_per_s']:,} images/s")
 
@@ -421,31 +457,184 @@ def sec_sample(b: Bench, res: dict) -> None:
                                     "timed_steps": k}
     log(f"  source loop: {1000 * per_step:.2f} ms per step and image -> {total:.0f} s for {n} images (extrapolated)")
 
-    try:
-        from diffusers import DDPMScheduler
-    except Exception:
+    import diffusers_side
+
+    if not diffusers_side.available():
         res["diffusers_bf16"] = {"skipped": "diffusers not installed"}
         return
-    sch = DDPMScheduler(num_train_timesteps=diff.T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                        clip_sample=False, variance_type="fixed_small")
-    sch.set_timesteps(diff.T)
-
-    def diffusers_loop(steps):
-        gen = torch.Generator(b.dev).manual_seed(0)
-        x = torch.randn(shape, generator=gen, device=b.dev)
-        for ts in sch.timesteps[:steps]:
-            t_dev = torch.full((n,), int(ts), device=b.dev, dtype=torch.long)
-            x = sch.step(eps16(x, t_dev), ts, x, generator=gen).prev_sample
-        return x
-
-    diffusers_loop(3)
-    sync(b.dev)
-    t = time.perf_counter()
-    diffusers_loop(None)
-    sync(b.dev)
-    dt = time.perf_counter() - t
-    res["diffusers_bf16"] = {"seconds": round(dt, 3), "images_per_s": round(n / dt, 1)}
+    sch = diffusers_side.scheduler(diff.schedule)
+    with precision("fast"):
+        agree = diffusers_side.check_same_step(eps16, sch, diff, (8, *shape[1:]), b.dev, tol=1e-3)  # the same model output on both sides
+        diffusers_side.sample(eps16, sch, shape, b.dev, steps=3)
+        sync(b.dev)
+        t = time.perf_counter()
+        diffusers_side.sample(eps16, sch, shape, b.dev)
+        sync(b.dev)
+        dt = time.perf_counter() - t
+    res["diffusers_bf16"] = {"seconds": round(dt, 3), "images_per_s": round(n / dt, 1),
+                             "version": diffusers_side.available(), "one_step_max_abs_diff": agree}
     log(f"  diffusers DDPMScheduler loop bf16: {dt:.3f} s")
+
+# ---- the gap: the issue's ladder on the source loop, the Trainer taken apart, a profile ----------
+LADDER = (  # (name, (matmul TF32, cuDNN TF32, cuDNN autotune), channels_last, bf16)
+    ("tf32", (True, True, False), False, False),
+    ("tf32_channels_last", (True, True, False), True, False),
+    ("tf32_channels_last_bf16", (True, True, False), True, True),
+    ("tf32_channels_last_bf16_autotune", (True, True, True), True, True),
+)
+
+
+def sec_ladder(b: Bench, res: dict) -> None:
+    """The source's loop with the issue's rungs added one at a time, each on a fresh model."""
+    B = b.cfg["batch"]
+    for name, fl, cl, bf16 in LADDER:
+        saved = flags()
+        set_flags(fl)
+        try:
+            step = _source_setup(b, channels_last=cl, bf16=bf16)
+            dt, loss = _time_steps(b, step, b.cfg["src_timed"], warm=5)
+        finally:
+            set_flags(saved)
+        res[name] = {"images_per_s": round(B / dt, 1), "ms_per_step": round(1000 * dt, 2), "loss": float(loss.detach())}
+        log(f"  source loop {name}: {res[name]['images_per_s']:,} images/s")
+
+
+ABLATIONS = ("as_is", "no_ema", "no_autotune", "no_bf16", "train_step_loop")
+
+
+def _ablated_trainer(b: Bench, name: str):
+    """A fresh Trainer with one speed measure taken away (``name`` in ABLATIONS)."""
+    import torch
+
+    tr = b.trainer()
+    if name == "no_ema":
+        tr._ema_update = lambda: None
+    elif name == "no_autotune":
+        torch.backends.cudnn.benchmark = False  # the Trainer turned it on; restored by the caller
+    elif name == "no_bf16":  # TF32 float32 in channels_last, the Trainer's layout
+        net = tr._net
+        tr._eps = lambda x, t: net(x.contiguous(memory_format=torch.channels_last), t)
+    return tr
+
+
+def sec_ablate(b: Bench, res: dict) -> None:
+    """The Trainer as it is, and with one measure taken away at a time, in the same process."""
+    B = b.cfg["batch"]
+    for name in ABLATIONS:
+        saved = flags()
+        try:
+            tr = _ablated_trainer(b, name)
+            r: dict = {}
+            if name == "train_step_loop":  # train_step() alone: no loss read-back every 10 steps
+                dt, _ = _time_steps(b, tr.train_step, b.cfg["timed"], warm=b.cfg["warm"] + 1)
+                r.update(images_per_s=round(B / dt, 1), ms_per_step=round(1000 * dt, 3))
+            else:
+                b.time_trainer(tr, r)
+        finally:
+            set_flags(saved)
+        res[name] = {k: r[k] for k in ("images_per_s", "ms_per_step", "first_step_s") if k in r}
+        log(f"  Trainer {name}: {res[name]['images_per_s']:,} images/s")
+        del tr
+
+
+# kernel (or, on a CPU, operator) names -> kinds; the first pattern that matches wins
+KINDS = (
+    ("batchnorm", r"batch_?norm|bn_fw|bn_bw|bn_|welford"),
+    ("lerp (EMA; Adam in the source)", r"lerp"),
+    ("optimizer", r"adam|optim|multi_tensor|foreach"),
+    ("copy / cast", r"memcpy|memset|copy|cast|to_copy|convert"),
+    ("convolution / GEMM", r"conv|gemm|xmma|cutlass|cudnn|implicit|wgrad|dgrad|fprop|sm\d\d_|nhwc|nchw|mkldnn|addmm|\bmm\b"),
+    ("reduction", r"reduce|sum|mean"),
+    ("elementwise", r"elementwise|vectorized|unrolled|relu|threshold|add|mul|where|flip|index|gather"),
+)
+
+
+def _kind(name: str) -> str:
+    import re
+
+    low = name.lower()
+    for kind, pat in KINDS:
+        if re.search(pat, low):
+            return kind
+    return "other"
+
+
+def _profile(b: Bench, fn, n: int) -> dict:
+    """torch.profiler over ``n`` calls of ``fn`` (after one untimed call): per call, the wall time
+    (profiler overhead included), the busy time of the GPU kernels (of the CPU operators' self
+    time on a CPU) by kind, and the top 12 kernels."""
+    import collections
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = b.dev.type == "cuda"
+    fn()
+    sync(b.dev)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync(b.dev)
+        wall = time.perf_counter() - t
+    us: dict = collections.Counter()
+    calls: dict = collections.Counter()
+    if cuda:
+        for e in prof.events():
+            if e.device_type == torch.autograd.DeviceType.CUDA:
+                us[e.name] += e.time_range.elapsed_us()
+                calls[e.name] += 1
+    else:
+        for e in prof.key_averages():
+            if e.key.startswith("aten::") and e.self_cpu_time_total > 0:
+                us[e.key] += e.self_cpu_time_total
+                calls[e.key] += e.count
+    kinds: dict = collections.Counter()
+    for name, v in us.items():
+        kinds[_kind(name)] += v
+    busy = sum(us.values())
+    return {
+        "calls": n,
+        "wall_ms": round(1000 * wall / n, 3),
+        "busy_ms": round(busy / 1000 / n, 3),
+        "busy_of": "GPU kernels" if cuda else "CPU operators (self time)",
+        "kinds_ms": {k: round(v / 1000 / n, 3) for k, v in kinds.most_common()},
+        "top": [[name[:110], round(v / 1000 / n, 3), round(calls[name] / n, 1)] for name, v in us.most_common(12)],
+    }
+
+
+def sec_profile(b: Bench, res: dict) -> None:
+    import torch
+
+    from ddpm_check.train import autocast_model
+
+    k = 5 if not b.args.tiny else 2
+    tr = b.trainer()
+    _time_steps(b, tr.train_step, 0, warm=b.cfg["warm"])  # autotune, allocator
+    res["trainer_step"] = _profile(b, tr.train_step, k)
+    log(f"  Trainer step: wall {res['trainer_step']['wall_ms']} ms, busy {res['trainer_step']['busy_ms']} ms")
+    del tr
+    name, fl, cl, bf16 = LADDER[-1]
+    saved = flags()
+    set_flags(fl)
+    try:
+        step = _source_setup(b, channels_last=cl, bf16=bf16)
+        _time_steps(b, step, 0, warm=b.cfg["warm"])
+        res["source_" + name] = _profile(b, step, k)
+    finally:
+        set_flags(saved)
+    log(f"  source {name} step: wall {res['source_' + name]['wall_ms']} ms, busy {res['source_' + name]['busy_ms']} ms")
+    ema, diff = _sample_model(b)
+    n, s = b.cfg["sample_n"], b.cfg["size"]
+    eps16 = autocast_model(ema, b.dev)
+    x = torch.randn((n, 3, s, s), generator=torch.Generator(b.dev).manual_seed(0), device=b.dev)
+    t = torch.full((n,), diff.T // 2, device=b.dev, dtype=torch.long)
+    gen = torch.Generator(b.dev).manual_seed(1)
+    with precision("fast"), torch.no_grad():
+        res["sample_step_bf16"] = _profile(b, lambda: diff.p_sample(eps16, x, t, generator=gen), 3 * k)
+    log(f"  sampling step bf16, batch {n}: wall {res['sample_step_bf16']['wall_ms']} ms, "
+        f"busy {res['sample_step_bf16']['busy_ms']} ms")
 
 
 # ---- the compile child ----------------------------------------------------------------------------
@@ -531,10 +720,7 @@ def run_child(b: Bench, res: dict) -> None:
 # ------------------------------------------------------------------------------------------------
 # the report
 # ------------------------------------------------------------------------------------------------
-def markdown(results: dict, command: str) -> str:
-    S = results["sections"]
-    env = S.get("env", {})
-
+def _getter(S: dict):
     def get(sec, *keys):
         d = S.get(sec, {})
         for k in keys:
@@ -542,15 +728,18 @@ def markdown(results: dict, command: str) -> str:
                 return None
             d = d[k]
         return d
+    return get
 
-    def num(v, fmt="{:,.0f}"):
-        return "-" if v is None else fmt.format(v)
 
-    src32 = get("train_source", "strict_fp32", "images_per_s")
+def num(v, fmt="{:,.0f}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def _header(env: dict, command: str, title: str) -> list[str]:
     st = env.get("setup", {})
-    title = (f"## GPU: full SimpleUnet, {st.get('size')}x{st.get('size')} RGB, batch {st.get('batch')}, T = {st.get('T')}"
+    title = (f"{title}, {st.get('size')}x{st.get('size')} RGB, batch {st.get('batch')}, T = {st.get('T')}"
              + (" (TINY DRY RUN: a small model, not the issue's set-up)" if env.get("tiny") else ""))
-    lines = [
+    return [
         title,
         "",
         f"- machine: {env.get('gpu', env.get('device'))} ({env.get('gpu_memory_gib', '?')} GiB), {env.get('cpu_count')} CPUs; "
@@ -559,6 +748,16 @@ def markdown(results: dict, command: str) -> str:
         f"- date: {env.get('date')}; command: `{command}`",
         f"- SimpleUnet {env.get('params', 0):,} parameters; random images; torch defaults: matmul TF32 "
         f"{env.get('default_matmul_tf32')}, cuDNN TF32 {env.get('default_cudnn_tf32')}",
+    ]
+
+
+def markdown(results: dict, command: str) -> str:
+    S = results["sections"]
+    env = S.get("env", {})
+    get = _getter(S)
+    src32 = get("train_source", "strict_fp32", "images_per_s")
+    lines = [
+        *_header(env, command, "## GPU: full SimpleUnet"),
         "",
         "| training | images/s | vs source fp32 |",
         "| --- | ---: | ---: |",
@@ -623,6 +822,75 @@ def markdown(results: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+GAP_KINDS = ("convolution / GEMM", "batchnorm", "elementwise", "copy / cast", "reduction", "optimizer",
+             "lerp (EMA; Adam in the source)", "other")
+
+
+def markdown_gap(results: dict, command: str) -> str:
+    """The ladder, the ablations and the profile as Markdown (the gpu-gap section of BENCHMARKS.md)."""
+    S = results["sections"]
+    env = S.get("env", {})
+    get = _getter(S)
+    lines = [*_header(env, command, "## GPU: where a training step's time goes"), ""]
+    lad = S.get("ladder", {})
+    if any(name in lad for name, *_ in LADDER):
+        lines += ["| the source's loop, the issue's rungs (each on a fresh model) | images/s | ms per step |",
+                  "| --- | ---: | ---: |"]
+        labels = {"tf32": "TF32 matmul and convolutions", "tf32_channels_last": "+ channels_last",
+                  "tf32_channels_last_bf16": "+ bf16 autocast", "tf32_channels_last_bf16_autotune": "+ cuDNN autotune"}
+        for name, *_ in LADDER:
+            d = lad.get(name, {})
+            lines.append(f"| {labels[name]} | {num(d.get('images_per_s'))} | {num(d.get('ms_per_step'), '{:.2f}')} |")
+        lines.append("")
+    ab = S.get("ablate", {})
+    if any(name in ab for name in ABLATIONS):
+        ref = get("ablate", "as_is", "images_per_s")
+        lines += ["| ddpm-check's Trainer | images/s | ms per step | vs as it is |", "| --- | ---: | ---: | ---: |"]
+        labels = {"as_is": "as it is (`Trainer.run`)", "no_ema": "without the EMA update",
+                  "no_autotune": "without cuDNN autotune", "no_bf16": "without bf16 autocast (TF32 float32)",
+                  "train_step_loop": "`train_step()` alone (no loss read-back every 10 steps)"}
+        for name in ABLATIONS:
+            v = get("ablate", name, "images_per_s")
+            ratio = f"{v / ref:.2f}x" if v and ref else "-"
+            lines.append(f"| {labels[name]} | {num(v)} | {num(get('ablate', name, 'ms_per_step'), '{:.2f}')} | {ratio} |")
+        lines.append("")
+    prof = S.get("profile", {})
+    runs = [(k, v) for k, v in prof.items() if isinstance(v, dict) and "busy_ms" in v]
+    if runs:
+        busy_of = runs[0][1]["busy_of"]
+        lines += [f"Profile (torch.profiler; ms per step; busy = {busy_of}, by kind):", "",
+                  "| step | wall | busy | " + " | ".join(GAP_KINDS) + " |",
+                  "| --- " + "| ---: " * (2 + len(GAP_KINDS)) + "|"]
+        labels = {"trainer_step": "Trainer training step", "sample_step_bf16": "sampling step, bf16 eager"}
+        labels.update({k: k.replace("source_", "source loop, ").replace("_", " ") for k, _ in runs if k not in labels})
+        for key, v in runs:
+            lines.append(f"| {labels[key]} | {v['wall_ms']:.2f} | {v['busy_ms']:.2f} | "
+                         + " | ".join(num(v["kinds_ms"].get(k), "{:.2f}") for k in GAP_KINDS) + " |")
+        for key, v in runs:
+            lines += ["", f"Top kernels, {labels[key]}:", "", "| kernel | ms per step | calls per step |",
+                      "| --- | ---: | ---: |"]
+            for name, ms, calls in v["top"][:8]:
+                lines.append(f"| `{name[:90]}` | {ms:.3f} | {calls:g} |")
+    errs = [f"- {k}: {S[k].get('error') or S[k].get('skipped')}" for k in ("ladder", "ablate", "profile")
+            if isinstance(S.get(k), dict) and (S[k].get("error") or S[k].get("skipped"))]
+    if errs:
+        lines += ["", "Not measured:", *errs]
+    return "\n".join(lines)
+
+
+#: name -> (seconds a section needs to start, function); run in this order
+SECTIONS = {
+    "train_source": (15, sec_train_source),
+    "train_ours": (10, sec_train_ours),
+    "ladder": (15, sec_ladder),
+    "ablate": (20, sec_ablate),
+    "profile": (15, sec_profile),
+    "sample": (25, sec_sample),
+    "quality": (35, sec_quality),
+    "compile": (30, run_child),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
@@ -630,15 +898,23 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=190.0, help="total wall seconds, compile included")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile child")
+    ap.add_argument("--only", metavar="SECTIONS", default=None,
+                    help=f"comma-separated sections to run (env always runs): {', '.join(SECTIONS)}")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--merge", metavar="MD", help="write a gpu_bench.md into BENCHMARKS.md and exit")
+    ap.add_argument("--merge", metavar="MD", nargs="+",
+                    help="write gpu_bench.md and/or gpu_gap.md into BENCHMARKS.md and exit")
     args = ap.parse_args()
 
     if args.merge:
         from mdsection import write_section
 
-        print(f"wrote {write_section('gpu-bench', Path(args.merge).read_text())}")
+        for md in args.merge:
+            name = "gpu-gap" if Path(md).name.startswith("gpu_gap") else "gpu-bench"
+            print(f"wrote {name} into {write_section(name, Path(md).read_text())}")
         return
+    only = None if args.only is None else {x.strip() for x in args.only.split(",") if x.strip()}
+    if only is not None and not only <= set(SECTIONS):
+        ap.error(f"unknown section(s) {sorted(only - set(SECTIONS))}; choose from {', '.join(SECTIONS)}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -662,20 +938,23 @@ def main() -> None:
 
     b = Bench(args, out)
     b.section("env", 0, lambda r: sec_env(b, r))
-    b.section("train_source", 15, lambda r: sec_train_source(b, r))
-    b.section("train_ours", 10, lambda r: sec_train_ours(b, r))
-    b.section("sample", 25, lambda r: sec_sample(b, r))
-    b.section("quality", 35, lambda r: sec_quality(b, r))
-    if not args.no_compile:
-        b.section("compile_child", 30, lambda r: run_child(b, r))
+    for name, (need, fn) in SECTIONS.items():
+        if (only is None or name in only) and not (name == "compile" and args.no_compile):
+            b.section("compile_child" if name == "compile" else name, need, lambda r, fn=fn: fn(b, r))
     b.results["total_seconds"] = round(time.perf_counter() - T0, 1)
     b.save()
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    md = markdown(b.results, command)
-    (out / "gpu_bench.md").write_text(md + "\n")
-    print()
-    print(md)
-    print(f"\n[{b.results['total_seconds']} s] wrote {out / 'gpu_bench.json'} and {out / 'gpu_bench.md'}", flush=True)
+    written = [out / "gpu_bench.json"]
+    S = b.results["sections"]
+    for fname, render, keys in (("gpu_bench.md", markdown, ("train_ours", "sample", "quality")),
+                                ("gpu_gap.md", markdown_gap, ("ladder", "ablate", "profile"))):
+        if any(k in S for k in keys):
+            md = render(b.results, command)
+            (out / fname).write_text(md + "\n")
+            written.append(out / fname)
+            print()
+            print(md)
+    print(f"\n[{b.results['total_seconds']} s] wrote {', '.join(map(str, written))}", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ model:
 - ddpm-check: ``Trainer.train_step`` (channels_last weights, fused Adam, coefficients gathered
   on the device, L2 loss, and an EMA update the source does not do) and ``sample`` (batched
   ``p_sample_loop``: 0-d coefficient views, noise refilled in place, no host sync);
+- diffusers (when installed): its DDPMScheduler loop over the same EMA model and batch
+  (``benchmarks/diffusers_side.py``; checked to compute the same step as ddpm-check first);
 - the source: ``ddpm_check/source.py`` (per-step CPU gathers through
   ``get_index_from_list``, L1 loss, default Adam, contiguous tensors; sampling one image at a
   time with ``if t == 0``).
@@ -34,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import diffusers_side  # noqa: E402
 from mdsection import load_average, machine, write_section  # noqa: E402
 from ddpm_check.source import SourceLoop  # noqa: E402
 
@@ -129,6 +132,23 @@ def main() -> None:
                               max(1, args.repeats // 2), warmup=0)
     rows.append((f"sampling, ddpm-check batch of {args.sample_n}, T = {T} (images/s)",
                  args.sample_n / t_ours, args.source_sample_n / t_src))
+    print(f"batched sampling done: {t_ours:.2f} s for {args.sample_n} images", flush=True)
+
+    d_rows = []
+    d_version = diffusers_side.available()
+    if d_version:
+        sch = diffusers_side.scheduler(tr.schedule)
+        eps = sampler.eps_model()  # the model exactly as ddpm-check's sample() calls it
+        diff_max = diffusers_side.check_same_step(eps, sch, sampler.diffusion, (4, *shape), device)
+        print(f"diffusers {d_version}: one step agrees with ddpm-check to {diff_max:.2g}", flush=True)
+
+        def diffusers_sample(k: int):
+            return lambda _n: (diffusers_side.sample(eps, sch, (k, *shape), device), _sync(device))
+
+        for k in (1, args.sample_n):
+            t_ours, t_d = alternate(ours_sample(k), diffusers_sample(k), 1, max(1, args.repeats // 2), warmup=0)
+            d_rows.append((f"sampling, batch of {k}, T = {T} (images/s)", k / t_ours, k / t_d))
+            print(f"vs diffusers, batch {k}: {t_ours:.2f} s vs {t_d:.2f} s", flush=True)
 
     cmd = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     lines = [
@@ -149,6 +169,15 @@ def main() -> None:
     ]
     for name, ours, other in rows:
         lines.append(f"| {name} | {ours:,.1f} | {other:,.1f} | {ours / other:.2f}x |")
+    if d_rows:
+        lines += ["", f"The same EMA model and batch sampled by diffusers {d_version}'s DDPMScheduler loop "
+                  "(`benchmarks/diffusers_side.py`; one step checked equal to ddpm-check's first):", "",
+                  "| stage | ddpm-check | diffusers | ratio |", "| --- | ---: | ---: | ---: |"]
+        for name, ours, other in d_rows:
+            lines.append(f"| {name} | {ours:,.1f} | {other:,.1f} | {ours / other:.2f}x |")
+    else:
+        lines += ["", "diffusers is not installed here, so its DDPMScheduler loop was not timed "
+                  "(`pip install diffusers` adds it)."]
     text = "\n".join(lines)
     print()
     print(text)
