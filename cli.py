@@ -290,6 +290,11 @@ def train_command(
         explicit = dict(data=data, image_size=image_size, model=model, timesteps=timesteps, schedule=schedule,
                         loss=loss, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay)
         cfg = {**preset, **{k: v for k, v in explicit.items() if v is not None}}
+        from ddpm_check import checkpoint as _ckpt
+
+        # the sizes a checkpoint may have, checked before the schedule (T floats) is built
+        _ckpt.check_limits({"schedule": {"T": cfg["timesteps"]}, "data": {"image_size": cfg["image_size"]},
+                            "train": {"batch_size": cfg["batch_size"]}}, "training configuration")
         if cfg["schedule"] not in ("linear", "cosine"):
             raise DDPMCheckError(f"unknown --schedule {cfg['schedule']!r}; choose one of linear, cosine")
         data_cfg = DataConfig.parse(cfg["data"], image_size=cfg["image_size"], channels=channels, seed=seed)

@@ -17,6 +17,14 @@ folder, fsync, ``os.replace``), so an interrupted save leaves the previous check
 
 Nothing here ever unpickles: ``torch.load`` is not called, and a pickle or a ``torch.save``
 zip archive is refused with a :class:`DDPMCheckError` before any parsing.
+
+The JSON is not trusted either.  Before a model, a schedule or a batch is built from it,
+:func:`check_limits` bounds the sizes that no tensor pins down (T, image size, widths, depth,
+batch size, mixture size) and :func:`check_weights` compares the stored weights' shapes with
+those of the SimpleUnet the configuration describes (built on the ``meta`` device, which
+allocates nothing): a corrupt or crafted file fails with one line naming the value and the file
+instead of allocating terabytes or sampling for days.  ``Trainer`` applies the same limits to
+new runs, so every checkpoint ddpm-check writes loads again.
 """
 
 from __future__ import annotations
@@ -32,6 +40,18 @@ from ddpm_check.errors import DDPMCheckError
 FORMAT = "ddpm-check/checkpoint-1"
 FILENAME = "checkpoint.safetensors"
 META_KEY = "ddpm_check"
+
+# Sizes a configuration may have (checkpoints and new runs alike).  Far beyond any run this
+# toolkit is for (the source trains 64x64 images, T = 300, widths up to 1024), yet small enough
+# that a crafted number cannot ask for terabytes or 10**9 sampling steps.  The widths are pinned
+# further by the stored tensors (check_weights); MAX_WIDTH only keeps the meta-device model sane.
+MAX_T = 100_000  # diffusion steps (Ho et al.: 1000; sampling costs T network evaluations)
+MAX_IMAGE_SIZE = 1024  # pixels per side
+MAX_DEPTH = 10  # len(down_channels) - 1; the image side is a multiple of 2**depth
+MAX_WIDTH = 65_536  # image channels, each of down_channels, time_emb_dim
+MAX_BATCH = 1 << 20  # images per training step
+MAX_MIXTURE_N = 1_000_000  # images drawn for the "mixture" data
+MAX_MIXTURE_COMPONENTS = 10_000
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -131,3 +151,85 @@ def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.T
     """The entries under ``prefix/``, with the prefix removed."""
     p = prefix + "/"
     return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_limits(meta: dict, source: str) -> None:
+    """Raise DDPMCheckError if a size in the configuration ``meta`` (checkpoint JSON or
+    ``Trainer.config_dict()``-like) is beyond the MAX_* limits; ``source`` starts the message
+    (e.g. ``checkpoint '/runs/a/checkpoint.safetensors'``).
+
+    Only numbers are compared: a value of the wrong type is left to the config classes, which
+    reject it with their own messages.  Runs before any of these numbers sizes anything.
+    """
+    if not isinstance(meta, dict):
+        return
+
+    def section(name: str) -> dict:
+        d = meta.get(name)
+        return d if isinstance(d, dict) else {}
+
+    def bound(what: str, value, limit: int) -> None:
+        if _is_number(value) and not value <= limit:  # NaN fails too
+            raise DDPMCheckError(f"{source}: {what} {value!r} is over the limit {limit}")
+
+    sched, model, data, train = section("schedule"), section("model"), section("data"), section("train")
+    bound("schedule T", sched.get("T"), MAX_T)
+    betas = sched.get("betas")
+    if isinstance(betas, (list, tuple)) and len(betas) > MAX_T:
+        raise DDPMCheckError(f"{source}: schedule betas has {len(betas)} values, over the limit {MAX_T}")
+    bound("model image_channels", model.get("image_channels"), MAX_WIDTH)
+    bound("model time_emb_dim", model.get("time_emb_dim"), MAX_WIDTH)
+    down = model.get("down_channels")
+    if isinstance(down, (list, tuple)):
+        if len(down) > MAX_DEPTH + 1:
+            raise DDPMCheckError(
+                f"{source}: model down_channels has {len(down)} entries (depth {len(down) - 1}), "
+                f"over the limit {MAX_DEPTH + 1} (depth {MAX_DEPTH})"
+            )
+        for i, c in enumerate(down):
+            bound(f"model down_channels[{i}]", c, MAX_WIDTH)
+    bound("data image_size", data.get("image_size"), MAX_IMAGE_SIZE)
+    bound("data channels", data.get("channels"), MAX_WIDTH)
+    bound("data n", data.get("n"), MAX_MIXTURE_N)
+    bound("data n_components", data.get("n_components"), MAX_MIXTURE_COMPONENTS)
+    bound("train batch_size", train.get("batch_size"), MAX_BATCH)
+    step = meta.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise DDPMCheckError(f"{source}: step must be an integer >= 0, got {step!r}")
+
+
+def check_weights(tensors: dict[str, torch.Tensor], model_cfg, source: str,
+                  prefixes: tuple[str, ...] = ("ema", "model")) -> None:
+    """Raise DDPMCheckError unless the weights under each of ``prefixes`` present in ``tensors``
+    (``ema`` must be) have exactly the names and shapes of ``SimpleUnet(model_cfg)``'s state_dict.
+
+    The expected shapes come from a SimpleUnet built on the ``meta`` device (shapes only, no
+    memory), so a configuration that does not describe the stored tensors fails here, before a
+    real model is allocated from it.  Call :func:`check_limits` first (it bounds the widths).
+    """
+    from ddpm_check.unet import SimpleUnet
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in SimpleUnet(model_cfg).state_dict().items()}
+    what = (f"image_channels {model_cfg.image_channels}, down_channels {list(model_cfg.down_channels)}, "
+            f"time_emb_dim {model_cfg.time_emb_dim}")
+    for prefix in prefixes:
+        stored = {k: tuple(v.shape) for k, v in prefixed(tensors, prefix).items()}
+        if not stored and prefix != "ema":
+            continue
+        head = f"{source}: its {prefix!r} weights do not match its model configuration ({what})"
+        missing = [k for k in expected if k not in stored]
+        if missing:
+            raise DDPMCheckError(f"{head}: {prefix}/{missing[0]} is missing ({len(missing)} missing in all)")
+        extra = [k for k in stored if k not in expected]
+        if extra:
+            raise DDPMCheckError(f"{head}: unexpected {prefix}/{extra[0]} ({len(extra)} unexpected in all)")
+        for k, shape in expected.items():
+            if stored[k] != shape:
+                raise DDPMCheckError(
+                    f"{head}: {prefix}/{k} has shape {list(stored[k])} in the file, {list(shape)} in that configuration"
+                )

@@ -1,7 +1,8 @@
 """Sampling from a trained model (Ho et al. 2020, Algorithm 2) and the pictures.
 
-- :func:`load_sampler` reads a checkpoint (safetensors only, see ``ddpm_check.checkpoint``) and
-  returns the EMA model in eval mode with its ``GaussianDiffusion``.
+- :func:`load_sampler` reads a checkpoint (safetensors only, its configuration checked against its
+  tensors, see ``ddpm_check.checkpoint``) and returns the EMA model in eval mode with its
+  ``GaussianDiffusion``.
 - :func:`sample` runs batched ancestral sampling, x_T ~ N(0, I), then for i = T-1, ..., 0
   x_{i} = (x_{i+1} - beta/sqrt(1 - alpha_bar) eps_theta) / sqrt(alpha) + sigma z   (eq. 11),
   no noise at the last step, through ``GaussianDiffusion.p_sample_loop`` (on CUDA one step is
@@ -27,7 +28,7 @@ from ddpm_check.data import DataConfig
 from ddpm_check.diffusion import GaussianDiffusion
 from ddpm_check.errors import DDPMCheckError
 from ddpm_check.schedules import Schedule, ScheduleConfig
-from ddpm_check.train import autocast_model, configs_from_meta, configure_cuda, resolve_device
+from ddpm_check.train import autocast_model, configure_cuda, load_checkpoint, resolve_device
 from ddpm_check.unet import SimpleUnet, UNetConfig
 
 
@@ -86,8 +87,7 @@ def load_sampler(path: str | Path, device: str = "auto") -> Sampler:
     dev = resolve_device(device)
     if dev.type == "cuda":
         configure_cuda()  # TF32 and cuDNN autotuning: sampling repeats one shape T times
-    tensors, meta = ckpt.load(path)
-    cfgs = configs_from_meta(meta, path)
+    tensors, meta, cfgs = load_checkpoint(path)  # the configuration checked against the tensors
     model = SimpleUnet(cfgs["model"])
     try:
         model.load_state_dict(ckpt.prefixed(tensors, "ema"), strict=True)

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -161,6 +163,41 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+class _StepBoundaryInterrupt:
+    """Ctrl-C (SIGINT) during a training step takes effect when the step is done.
+
+    A KeyboardInterrupt raised in the middle of a step would leave the generators (and possibly
+    BatchNorm statistics, Adam and the weights) part-way into step k + 1 while the counter says k,
+    so the checkpoint written on Ctrl-C would not be a state the run passed through, and resuming
+    from it would not continue the run exactly.  Inside this context the first Ctrl-C only sets a
+    flag that :meth:`check` turns into a KeyboardInterrupt at the next step boundary; a second one
+    interrupts at once (a way out of a step that never ends).  It changes nothing outside the main
+    thread or where SIGINT does not have Python's default handler.
+    """
+
+    def __enter__(self) -> "_StepBoundaryInterrupt":
+        self.pending = False
+        self._old = None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def check(self) -> None:
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
 class Trainer:
     """Owns the model, its EMA copy, Adam, the data and both generators; steps Algorithm 1.
 
@@ -180,6 +217,9 @@ class Trainer:
         from ddpm_check import distributed as ddp
 
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        # the limits every checkpoint is held to on loading: a run this Trainer saves loads again
+        ckpt.check_limits({"schedule": schedule_cfg.to_dict(), "model": model_cfg.to_dict(),
+                           "data": data_cfg.to_dict(), "train": train_cfg.to_dict()}, "training configuration")
         if data_cfg.channels != model_cfg.image_channels:
             raise DDPMCheckError(
                 f"data has {data_cfg.channels} channels but the model expects {model_cfg.image_channels}"
@@ -340,9 +380,10 @@ class Trainer:
 
         Reports through ``progress`` every ``report_every`` steps; saves to ``checkpoint_path``
         every ``checkpoint_every`` steps (0: never in between), at the end, and on Ctrl-C
-        (then re-raises KeyboardInterrupt).  Distributed: the reported and recorded losses are
-        the global batch's (the mean over ranks); only rank 0 reports and saves, and every rank
-        returns after the final checkpoint is written.
+        (then re-raises KeyboardInterrupt).  Ctrl-C takes effect at the end of the current step
+        (a second Ctrl-C at once), so that checkpoint continues the run exactly.  Distributed:
+        the reported and recorded losses are the global batch's (the mean over ranks); only
+        rank 0 reports and saves, and every rank returns after the final checkpoint is written.
         """
         from ddpm_check import distributed as ddp
 
@@ -373,25 +414,31 @@ class Trainer:
             if checkpoint_path is not None and main:
                 self.save(checkpoint_path)
 
-        try:
-            while self.step < until:
-                pending.append(self.train_step())
-                done = self.step == until
-                if done or self.step % report_every == 0:
-                    mean_loss = flush()
-                    if progress is not None and main:
-                        el = time.perf_counter() - t0
-                        ips = (self.step - start_step) * self.train_cfg.batch_size / max(el, 1e-9)
-                        progress(TrainProgress(self.step, until, mean_loss, ips, el))
-                if checkpoint_path is not None and checkpoint_every and self.step % checkpoint_every == 0 and not done:
-                    flush()
-                    save()
-        except KeyboardInterrupt:
-            flush(collective=False)  # ranks may stop at different points: no collective here
+        # Ctrl-C stops the run between two steps (see _StepBoundaryInterrupt): the checkpoint it
+        # leaves is exactly the state after `self.step` steps.  A Ctrl-C during a save waits for it.
+        with _StepBoundaryInterrupt() as ctrl_c:
+            try:
+                while self.step < until:
+                    pending.append(self.train_step())
+                    done = self.step == until
+                    if done or self.step % report_every == 0:
+                        mean_loss = flush()
+                        if progress is not None and main:
+                            el = time.perf_counter() - t0
+                            ips = (self.step - start_step) * self.train_cfg.batch_size / max(el, 1e-9)
+                            progress(TrainProgress(self.step, until, mean_loss, ips, el))
+                    if checkpoint_path is not None and checkpoint_every and self.step % checkpoint_every == 0 and not done:
+                        flush()
+                        save()
+                    ctrl_c.check()
+            except KeyboardInterrupt:
+                ctrl_c.pending = False
+                flush(collective=False)  # ranks may stop at different points: no collective here
+                save()
+                raise
+            flush()
             save()
-            raise
-        flush()
-        save()
+            ctrl_c.check()  # a Ctrl-C during the final save: the checkpoint is complete, stop here
         ddp.barrier()
 
     def close(self) -> None:
@@ -471,8 +518,7 @@ class Trainer:
         ``options`` are Trainer's keyword options (compile, dtype, distributed).  Every rank of a
         distributed run loads the same file; the run may continue on another number of processes.
         """
-        tensors, meta = ckpt.load(path)
-        cfgs = configs_from_meta(meta, path)
+        tensors, meta, cfgs = load_checkpoint(path)
         train_cfg = cfgs["train"]
         if steps is not None:
             train_cfg = TrainConfig(**{**train_cfg.to_dict(), "steps": steps})
@@ -485,7 +531,9 @@ class Trainer:
 
 
 def configs_from_meta(meta: dict, path: Any = "checkpoint") -> dict[str, Any]:
-    """The four config objects of a checkpoint's JSON (validated by their constructors)."""
+    """The four config objects of a checkpoint's JSON (validated by their constructors), after
+    its sizes are checked against the limits of ``ddpm_check.checkpoint.check_limits``."""
+    ckpt.check_limits(meta, f"checkpoint {str(path)!r}")
     try:
         return {
             "schedule": ScheduleConfig.from_dict(meta["schedule"]),
@@ -495,3 +543,29 @@ def configs_from_meta(meta: dict, path: Any = "checkpoint") -> dict[str, Any]:
         }
     except (KeyError, TypeError) as exc:
         raise DDPMCheckError(f"checkpoint {str(path)!r} has an incomplete configuration ({exc})") from None
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict[str, Any]]:
+    """Read a checkpoint for building a model from it -> (tensors, meta, configs).
+
+    The one way checkpoints are read to sample, evaluate or resume.  Before anything is built
+    from the configuration, it is checked against the tensors actually stored: its sizes within
+    the limits (``ckpt.check_limits``), the EMA (and model) weights' names and shapes those of the
+    configured SimpleUnet (``ckpt.check_weights``), the data's channels and image size ones the
+    model takes.  Each failure is one DDPMCheckError naming the value and the file.
+    """
+    tensors, meta = ckpt.load(path)
+    source = f"checkpoint {str(ckpt.resolve(path))!r}"
+    cfgs = configs_from_meta(meta, ckpt.resolve(path))
+    model_cfg, data_cfg = cfgs["model"], cfgs["data"]
+    ckpt.check_weights(tensors, model_cfg, source)
+    if data_cfg.channels != model_cfg.image_channels:
+        raise DDPMCheckError(
+            f"{source}: data channels {data_cfg.channels} differ from the model's image_channels "
+            f"{model_cfg.image_channels}"
+        )
+    try:
+        model_cfg.check_image_size(data_cfg.image_size)
+    except DDPMCheckError as exc:
+        raise DDPMCheckError(f"{source}: {exc}") from None
+    return tensors, meta, cfgs

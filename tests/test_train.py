@@ -208,7 +208,7 @@ def test_checkpoint_whose_config_does_not_match_its_weights(tmp_path):
     meta = tr.config_dict()
     meta["model"] = {**meta["model"], "down_channels": [8, 32]}  # weights are (8, 16)
     path = ckpt.save(tmp_path / "checkpoint.safetensors", tr.state_tensors(), meta)
-    with pytest.raises(DDPMCheckError, match="cannot be resumed"):
+    with pytest.raises(DDPMCheckError, match="do not match"):  # checked before a model is built
         Trainer.from_checkpoint(path)
     from ddpm_check.sample import load_sampler
 
