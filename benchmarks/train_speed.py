@@ -125,11 +125,11 @@ def main() -> None:
             _sync(device)
         return run
 
-    t_ours, t_src = alternate(ours_sample(1), source_sample(1), 1, max(1, args.repeats // 2), warmup=0)
+    t_ours, t_src = alternate(ours_sample(1), source_sample(1), 1, max(3, args.repeats // 2), warmup=0)
     rows.append((f"sampling 1 image, T = {T} (images/s)", 1 / t_ours, 1 / t_src))
     print(f"sampling one image done: {t_ours:.2f} s vs {t_src:.2f} s", flush=True)
     t_ours, t_src = alternate(ours_sample(args.sample_n), source_sample(args.source_sample_n), 1,
-                              max(1, args.repeats // 2), warmup=0)
+                              max(3, args.repeats // 2), warmup=0)
     rows.append((f"sampling, ddpm-check batch of {args.sample_n}, T = {T} (images/s)",
                  args.sample_n / t_ours, args.source_sample_n / t_src))
     print(f"batched sampling done: {t_ours:.2f} s for {args.sample_n} images", flush=True)
@@ -146,7 +146,7 @@ def main() -> None:
             return lambda _n: (diffusers_side.sample(eps, sch, (k, *shape), device), _sync(device))
 
         for k in (1, args.sample_n):
-            t_ours, t_d = alternate(ours_sample(k), diffusers_sample(k), 1, max(1, args.repeats // 2), warmup=0)
+            t_ours, t_d = alternate(ours_sample(k), diffusers_sample(k), 1, max(3, args.repeats // 2), warmup=0)
             d_rows.append((f"sampling, batch of {k}, T = {T} (images/s)", k / t_ours, k / t_d))
             print(f"vs diffusers, batch {k}: {t_ours:.2f} s vs {t_d:.2f} s", flush=True)
 
