@@ -14,7 +14,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Callable, Optional, TypeVar
+from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 
@@ -38,10 +38,31 @@ def _console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=stderr)
 
 
+def _esc(text: Any) -> str:
+    """``text`` with rich markup escaped: user paths and messages print as given ("[x]" stays)."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def fail(message: str, code: int = 2) -> "typer.Exit":
     """Print one red line on stderr and return the Exit to raise."""
-    _console(stderr=True).print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False)
+    _console(stderr=True).print(f"[bold red]error:[/bold red] {_esc(message)}", markup=True, highlight=False)
     return typer.Exit(code)
+
+
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def _out_of_memory(exc: BaseException) -> str | None:
+    """The first line of an allocator's out-of-memory error (CPU or CUDA), else None."""
+    if isinstance(exc, MemoryError):
+        return "MemoryError"
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and any(m in text.lower() for m in _OOM_MARKERS):
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return first if len(first) <= 160 else first[:157] + "..."
+    return None
 
 
 def edge(func: F) -> F:
@@ -53,6 +74,12 @@ def edge(func: F) -> F:
             return func(*args, **kwargs)
         except DDPMCheckError as exc:
             raise fail(str(exc)) from None
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            why = _out_of_memory(exc)
+            if why is None:
+                raise
+            raise fail(f"out of memory ({why}); ask for less: a smaller --batch-size, -n, "
+                       "--image-size or model") from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -330,7 +357,7 @@ def train_command(
         d = trainer.data_cfg
         console.print(
             f"training SimpleUnet {list(trainer.model_cfg.down_channels)} ({n_params:,} params) on "
-            f"{d.kind}{' ' + str(d.path) if d.path else ''} {d.channels}x{d.image_size}x{d.image_size} "
+            f"{d.kind}{' ' + _esc(d.path) if d.path else ''} {d.channels}x{d.image_size}x{d.image_size} "
             f"({len(trainer.data)} images), T={trainer.schedule.T} {trainer.schedule_cfg.kind}, "
             f"{trainer.train_cfg.loss}, batch {trainer.train_cfg.batch_size}, lr {trainer.train_cfg.lr}, "
             f"EMA {trainer.train_cfg.ema_decay}, device {trainer.device.type}"
@@ -366,7 +393,7 @@ def train_command(
     if not main_rank:
         return
     if compile_ and trainer.compile_error and not as_json:
-        console.print(f"[yellow]torch.compile unavailable ({trainer.compile_error}); trained in eager mode[/yellow]",
+        console.print(f"[yellow]torch.compile unavailable ({_esc(trainer.compile_error)}); trained in eager mode[/yellow]",
                       soft_wrap=True)
 
     sampler = sampler_from_modules(trainer.ema, trainer.schedule, trainer.data_cfg, trainer.device,
@@ -409,9 +436,9 @@ def train_command(
         _render_score(console, score)
     elif not is_digits:
         console.print("(the quality metric is defined for the digits only)")
-    console.print(f"wrote to {out_dir}/:", soft_wrap=True)
+    console.print(f"wrote to {_esc(out_dir)}/:", soft_wrap=True)
     for key in ("checkpoint", "config", "samples_png", "reverse_process_png", "loss_png"):
-        console.print(f"  {summary[key]}", soft_wrap=True)
+        console.print(f"  {_esc(summary[key])}", soft_wrap=True)
     console.print(f"total {summary['total_seconds']:.1f} s")
 
 
@@ -451,11 +478,11 @@ def sample_command(
     if as_json:
         print_json(summary)
         return
-    console.print(f"sampled {n} images {list(x.shape[1:])} from {sampler.path} (step {sampler.step}, seed {seed})",
+    console.print(f"sampled {n} images {list(x.shape[1:])} from {_esc(sampler.path)} (step {sampler.step}, seed {seed})",
                   soft_wrap=True)
     for key in ("samples_png", "reverse_process_png", "npy"):
         if summary[key]:
-            console.print(f"  {summary[key]}", soft_wrap=True)
+            console.print(f"  {_esc(summary[key])}", soft_wrap=True)
 
 
 @app.command("evaluate")
@@ -491,7 +518,7 @@ def evaluate_command(
     if as_json:
         print_json(score)
         return
-    console.print(f"{sampler.path} (step {sampler.step})", soft_wrap=True)
+    console.print(f"{_esc(sampler.path)} (step {sampler.step})", soft_wrap=True)
     _render_score(console, score)
 # END train-section
 
@@ -771,7 +798,7 @@ def _render_schedules(diags, plot_path) -> None:
                   "|x_0|=1: the worst case of data in [-1, 1]; x_0~U: averaged over x_0 uniform on [-1, 1] "
                   "(E x_0² = 1/3). Ho et al. 2020 chose their schedule (linear, T = 1000) for L_T ≈ 1e-5 bits/dim.")
     if plot_path is not None:
-        console.print(f"plot (alpha_bar_t, log SNR, beta_tilde_t/beta_t vs t/T) written to {plot_path}")
+        console.print(f"plot (alpha_bar_t, log SNR, beta_tilde_t/beta_t vs t/T) written to {_esc(plot_path)}")
 
 
 _AUDIT_STYLE = {"holds": "bold green", "erratum": "bold red", "caveat": "bold yellow"}

@@ -103,6 +103,30 @@ def load_sampler(path: str | Path, device: str = "auto") -> Sampler:
     return s
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give this process (Linux MemAvailable), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_result_fits(n: int, shape: tuple[int, ...]) -> None:
+    """Raise DDPMCheckError if n float32 samples of ``shape`` cannot fit in the memory available
+    now: asked for before hours of sampling, not at the end."""
+    need = 4 * n * math.prod(shape)
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise DDPMCheckError(
+            f"{n:,} samples of shape {list(shape)} need {need / 2**30:,.1f} GiB for the result; "
+            f"{avail / 2**30:,.1f} GiB of memory is available: ask for fewer samples (-n)"
+        )
+
+
 def _check_n(n: Any, what: str = "number of samples") -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise DDPMCheckError(f"{what} must be an integer >= 1, got {n!r}")
@@ -121,6 +145,7 @@ def sample(sampler: Sampler, n: int, seed: int = 0, batch_size: int = 500,
     """
     n = _check_n(n)
     batch_size = _check_n(batch_size, "sampling batch size")
+    check_result_fits(n, sampler.shape)
     dev = sampler.device
     g = torch.Generator(dev).manual_seed(int(seed))
     eps = sampler.eps_model(compile, probe_shape=(min(n, batch_size), *sampler.shape))
@@ -148,6 +173,7 @@ def sample_with_strip(sampler: Sampler, n: int, seed: int = 0, strip_rows: int =
     n = _check_n(n)
     batch_size = _check_n(batch_size, "sampling batch size")
     strip_rows = min(_check_n(strip_rows, "number of strip rows"), n)
+    check_result_fits(n, sampler.shape)
     T = sampler.diffusion.T
     ts = strip_steps(T, n_cols)
     capture = [t - 1 for t in ts if t >= 1]

@@ -105,3 +105,27 @@ def test_bad_sample_counts(run_dir):
     for bad in (0, -3):
         with pytest.raises(DDPMCheckError, match=str(bad)):
             sample(s, bad)
+
+
+def test_a_result_too_big_for_memory_is_refused_before_sampling(run_dir, monkeypatch):
+    import time
+
+    from typer.testing import CliRunner
+
+    import ddpm_check.sample as sample_mod
+    from cli import app
+
+    s = load_sampler(run_dir[0], device="cpu")
+    # 10**12 images of 1x8x8 float32 = 256 TB: no machine has that; it must fail before step one
+    t = time.perf_counter()
+    with pytest.raises(DDPMCheckError, match=r"1,000,000,000,000 samples of shape \[1, 8, 8\] need .* GiB.*-n"):
+        sample(s, 10**12, progress=lambda k, tot: pytest.fail("sampling started"))
+    assert time.perf_counter() - t < 5
+    # with the available memory pinned, the limit is exact: 4 bytes x 64 values per image
+    monkeypatch.setattr(sample_mod, "available_memory", lambda: 4 * 64 * 10)
+    assert sample(s, 10).shape == (10, 1, 8, 8)
+    with pytest.raises(DDPMCheckError, match="11 samples"):
+        sample(s, 11)
+    r = CliRunner().invoke(app, ["sample", "--checkpoint", str(run_dir[0]), "-n", "11",
+                                 "--out", str(run_dir[0] / "too-many")])
+    assert r.exit_code == 2 and "ask for fewer samples (-n)" in r.stderr and "Traceback" not in r.stderr

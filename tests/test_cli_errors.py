@@ -1,0 +1,72 @@
+"""What every command does with a failure: one line on stderr, exit code 2, no traceback, and
+the user's own text (paths with brackets) printed as given."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def _one_error_line(r) -> str:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert lines[0].startswith("error:")
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", ["imgs[/x]", "imgs[bold]", "a[link=b]c"])
+def test_a_bracketed_path_is_printed_as_given(tmp_path, name):
+    # rich would read "[/x]" as a closing tag (a MarkupError traceback) and "[bold]" as a style
+    missing = tmp_path / name
+    r = runner.invoke(app, ["train", "--data", str(missing), "--steps", "1", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2
+    assert str(missing) in _one_error_line(r)
+
+
+@pytest.mark.parametrize("message", [
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+    "you tried to allocate 491520000000 bytes. Error code 12 (Cannot allocate memory)",
+    "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 139.8 GiB\nmore detail",
+])
+def test_out_of_memory_is_one_line_that_says_what_to_do(monkeypatch, message):
+    from ddpm_check import schedules
+
+    def boom(*a, **k):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(schedules.Schedule, "from_config", boom)
+    r = runner.invoke(app, ["schedule", "--no-plot"])
+    assert r.exit_code == 2
+    line = _one_error_line(r)
+    assert "out of memory" in line and "smaller --batch-size" in line
+    assert message.splitlines()[0][:60] in line  # the allocator's own words, brackets kept
+
+
+def test_out_of_memory_as_memoryerror(monkeypatch):
+    from ddpm_check import schedules
+
+    def boom(*a, **k):
+        raise MemoryError()
+
+    monkeypatch.setattr(schedules.Schedule, "from_config", boom)
+    r = runner.invoke(app, ["schedule", "--no-plot"])
+    assert r.exit_code == 2
+    assert "out of memory (MemoryError)" in _one_error_line(r)
+
+
+def test_other_runtime_errors_are_not_disguised(monkeypatch):
+    # a bug must stay a bug: only out-of-memory errors become a one-line message
+    from ddpm_check import schedules
+
+    def boom(*a, **k):
+        raise RuntimeError("shape mismatch in some kernel")
+
+    monkeypatch.setattr(schedules.Schedule, "from_config", boom)
+    r = runner.invoke(app, ["schedule", "--no-plot"])
+    assert r.exit_code != 0 and r.exit_code != 2
+    assert isinstance(r.exception, RuntimeError) and "shape mismatch" in str(r.exception)
