@@ -169,24 +169,33 @@ class _StepBoundaryInterrupt:
     A KeyboardInterrupt raised in the middle of a step would leave the generators (and possibly
     BatchNorm statistics, Adam and the weights) part-way into step k + 1 while the counter says k,
     so the checkpoint written on Ctrl-C would not be a state the run passed through, and resuming
-    from it would not continue the run exactly.  Inside this context the first Ctrl-C only sets a
-    flag that :meth:`check` turns into a KeyboardInterrupt at the next step boundary; a second one
-    interrupts at once (a way out of a step that never ends).  It changes nothing outside the main
-    thread or where SIGINT does not have Python's default handler.
+    from it would not continue the run exactly.  Inside this context the first Ctrl-C only sets
+    ``pending``; the training loop turns it into a KeyboardInterrupt at a step boundary (in a
+    distributed run at a boundary all ranks agree on, see ``Trainer.run``).  A second Ctrl-C
+    interrupts at once (a way out of a step that never ends), unless it comes within
+    ``grace_s`` of the first: torchrun forwards the terminal's Ctrl-C to its workers, which have
+    already received it from the terminal, so a distributed run sees two at once.  It changes
+    nothing outside the main thread or where SIGINT does not have Python's default handler.
     """
+
+    def __init__(self, grace_s: float = 0.0) -> None:
+        self.grace_s = grace_s
+        self.pending = False
+        self._since = 0.0
+        self._old = None
 
     def __enter__(self) -> "_StepBoundaryInterrupt":
         self.pending = False
-        self._old = None
         if (threading.current_thread() is threading.main_thread()
                 and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
             self._old = signal.signal(signal.SIGINT, self._handler)
         return self
 
     def _handler(self, signum, frame) -> None:
-        if self.pending:
+        if self.pending and time.monotonic() - self._since >= self.grace_s:
             raise KeyboardInterrupt
-        self.pending = True
+        if not self.pending:
+            self.pending, self._since = True, time.monotonic()
 
     def check(self) -> None:
         if self.pending:
@@ -196,6 +205,7 @@ class _StepBoundaryInterrupt:
     def __exit__(self, *exc) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
+            self._old = None
 
 
 class Trainer:
@@ -381,7 +391,8 @@ class Trainer:
         Reports through ``progress`` every ``report_every`` steps; saves to ``checkpoint_path``
         every ``checkpoint_every`` steps (0: never in between), at the end, and on Ctrl-C
         (then re-raises KeyboardInterrupt).  Ctrl-C takes effect at the end of the current step
-        (a second Ctrl-C at once), so that checkpoint continues the run exactly.  Distributed:
+        (distributed: at the next report, every ``report_every`` steps, on all ranks together; a
+        second Ctrl-C at once), so that checkpoint continues the run exactly.  Distributed:
         the reported and recorded losses are the global batch's (the mean over ranks); only
         rank 0 reports and saves, and every rank returns after the final checkpoint is written.
         """
@@ -393,15 +404,25 @@ class Trainer:
         start_step, t0 = self.step, time.perf_counter()
         pending: list[torch.Tensor] = []
         main = self.dist.is_main
+        # Ctrl-C stops the run between two steps (see _StepBoundaryInterrupt): the checkpoint it
+        # leaves is exactly the state after `self.step` steps.  Distributed, the ranks must stop at
+        # the same step: each rank's Ctrl-C flag travels with the losses in the all-reduce of the
+        # next report (every `report_every` steps), and every rank stops there together.
+        ctrl_c = _StepBoundaryInterrupt(grace_s=2.0 if self.dist.enabled else 0.0)
+        stop_agreed = False
 
         def flush(collective: bool = True) -> float:
+            nonlocal stop_agreed
             if not pending:
                 return float("nan")
             vals_t = torch.stack(pending).to(torch.float64)
             pending.clear()
             if self.dist.enabled and collective:  # the global batch's loss: mean of equal shards
+                flag = torch.tensor([1.0 if ctrl_c.pending else 0.0], dtype=torch.float64, device=vals_t.device)
+                vals_t = torch.cat((vals_t, flag))  # + how many ranks were asked to stop
                 torch.distributed.all_reduce(vals_t)
-                vals_t /= self.dist.world_size
+                stop_agreed = stop_agreed or bool(vals_t[-1] > 0)
+                vals_t = vals_t[:-1] / self.dist.world_size
             vals = vals_t.cpu().tolist()
             self.loss_history.extend(vals)
             if not all(math.isfinite(v) for v in vals):
@@ -414,9 +435,13 @@ class Trainer:
             if checkpoint_path is not None and main:
                 self.save(checkpoint_path)
 
-        # Ctrl-C stops the run between two steps (see _StepBoundaryInterrupt): the checkpoint it
-        # leaves is exactly the state after `self.step` steps.  A Ctrl-C during a save waits for it.
-        with _StepBoundaryInterrupt() as ctrl_c:
+        def stop_here() -> None:
+            if not self.dist.enabled:
+                ctrl_c.check()
+            elif stop_agreed:
+                raise KeyboardInterrupt
+
+        with ctrl_c:  # a Ctrl-C during a save waits for it
             try:
                 while self.step < until:
                     pending.append(self.train_step())
@@ -430,15 +455,15 @@ class Trainer:
                     if checkpoint_path is not None and checkpoint_every and self.step % checkpoint_every == 0 and not done:
                         flush()
                         save()
-                    ctrl_c.check()
+                    stop_here()
             except KeyboardInterrupt:
                 ctrl_c.pending = False
-                flush(collective=False)  # ranks may stop at different points: no collective here
+                flush(collective=False)  # a second Ctrl-C may stop ranks apart: no collective here
                 save()
                 raise
             flush()
             save()
-            ctrl_c.check()  # a Ctrl-C during the final save: the checkpoint is complete, stop here
+            stop_here()  # a Ctrl-C during the final save: the checkpoint is complete, stop here
         ddp.barrier()
 
     def close(self) -> None:

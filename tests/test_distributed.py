@@ -206,3 +206,64 @@ def test_global_batch_draws_what_imagedata_draws(flip):
     for _ in range(3):
         assert torch.equal(tr.global_batch(16), data.batch(16, g2))
     assert torch.equal(tr.data_gen.get_state(), g2.get_state())
+
+
+@needs_gloo
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a process group, a POSIX notion")
+def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step(tmp_path):
+    # A terminal's Ctrl-C reaches torchrun and both workers (one process group), and torchrun
+    # forwards it to the workers again.  The ranks must stop at the same step (the next report,
+    # every 10 steps), and rank 0's checkpoint must be that step's state: equal, bit for bit
+    # (loss history included), to an uninterrupted 2-process run to that step.
+    import re
+    import signal
+    import time
+
+    from test_interrupt import ANSI, MESSAGE
+
+    common = ["--data", "digits", "--image-size", "8", "--channels-list", "8,16", "-T", "20",
+              "--batch-size", "8", "--seed", "3", "--eval-n", "0", "--n-samples", "1", "--device", "cpu"]
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env["OMP_NUM_THREADS"] = "1"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              str(ROOT / "cli.py"), "train", *common]
+    out = tmp_path / "run"
+    for attempt in (1, 2):  # a launch can fail for reasons outside our code (see torchrun above)
+        shutil.rmtree(out, ignore_errors=True)
+        err_path = tmp_path / f"stderr{attempt}"
+        with open(err_path, "w") as fe:
+            proc = subprocess.Popen([*launch, "--steps", "1000000", "--checkpoint-every", "20", "--out", str(out)],
+                                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=fe, start_new_session=True)
+            try:
+                deadline = time.monotonic() + 180
+                while not (out / ckpt.FILENAME).exists() and proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                started = (out / ckpt.FILENAME).exists() and proc.poll() is None
+                if started:
+                    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does
+                    proc.wait(timeout=120)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        if started:
+            break
+        warnings.warn(f"torchrun launch ended before its first checkpoint, retrying once:\n{err_path.read_text()[-2000:]}")
+    assert started, err_path.read_text()
+    stderr = ANSI.sub("", err_path.read_text())
+    found = [m for m in (MESSAGE.fullmatch(line.strip()) for line in stderr.splitlines()) if m]
+    assert len(found) == 1, stderr  # rank 0 alone says it
+    step = int(found[0].group(1))
+    assert Path(found[0].group(2)) == out
+    assert step > 20 and step % 10 == 0, step  # after the first checkpoint, at a report all ranks share
+    assert not re.search(r"File \".*ddpm_check", stderr), stderr  # no traceback from our code
+    got, meta = ckpt.load(out)
+    assert meta["step"] == step
+
+    ref = tmp_path / "reference"
+    torchrun(str(ROOT / "cli.py"), "train", *common, "--steps", str(step), "--checkpoint-every", "20",
+             "--out", str(ref), "--json", before_retry=lambda: shutil.rmtree(ref, ignore_errors=True))
+    expected, _ = ckpt.load(ref)
+    assert set(expected) == set(got)
+    differ = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not differ, f"{len(differ)} tensors differ from an uninterrupted run, e.g. {differ[:4]}"
