@@ -66,7 +66,9 @@ def _out_of_memory(exc: BaseException) -> str | None:
 
 
 def edge(func: F) -> F:
-    """Turn a DDPMCheckError raised below a command into one red line and exit code 2."""
+    """Turn a DDPMCheckError raised below a command into one red line and exit code 2; so too
+    what the user can act on without a traceback: the file system refusing a path, and running
+    out of memory."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -74,6 +76,9 @@ def edge(func: F) -> F:
             return func(*args, **kwargs)
         except DDPMCheckError as exc:
             raise fail(str(exc)) from None
+        except OSError as exc:  # the file system refused: a path that cannot be made, read or written
+            where = f" {exc.filename!r}" if exc.filename else ""
+            raise fail(f"cannot use{where or ' a file'}: {exc.strerror or exc}") from None
         except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             why = _out_of_memory(exc)
             if why is None:

@@ -70,3 +70,18 @@ def test_other_runtime_errors_are_not_disguised(monkeypatch):
     r = runner.invoke(app, ["schedule", "--no-plot"])
     assert r.exit_code != 0 and r.exit_code != 2
     assert isinstance(r.exception, RuntimeError) and "shape mismatch" in str(r.exception)
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--small", "--steps", "1", "--out"],
+    ["schedule", "--plot"],
+])
+def test_an_output_path_that_cannot_be_made_is_one_line(tmp_path, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    target = blocker / "sub" / ("plot.png" if command[0] == "schedule" else "run")
+    r = runner.invoke(app, [*command, str(target)])
+    assert r.exit_code == 2, r.output
+    line = _one_error_line(r)
+    assert "cannot use" in line and str(blocker) in line and "Not a directory" in line
+    assert blocker.read_text() == "not a folder"  # nothing of the user's was touched
