@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
@@ -313,11 +313,27 @@ _IDENT = re.compile(
 )
 
 
-def _mixed(text: str, text_chars: dict[str, str]) -> str:
-    """Prose with bits of math (x_{t-1}, ᾱ_t, √, ...) -> text with $...$ math segments."""
+# A code identifier in prose (eps_weight_beta_tilde, alphas_cumprod_prev[0]): a word of two or
+# more characters before an underscore.  It is code, not a letter with a subscript.
+_CODE = re.compile(r"[A-Za-z][A-Za-z0-9]+(?:_[A-Za-z0-9]+)+(?:\[[^\]]*\])?")
+
+
+def _mixed(text: str, text_chars: dict[str, str], code: Callable[[str], str]) -> str:
+    """Prose with bits of math (x_{t-1}, ᾱ_t, √, ...) -> text with $...$ math segments; code
+    identifiers (``_CODE``) go through ``code``."""
     parts: list[tuple[bool, str]] = []  # (is_math, text)
     i = 0
     while i < len(text):
+        if text[i] == "`" and "`" in text[i + 1:]:  # `code` spans stay code
+            j = text.index("`", i + 1)
+            parts.append((False, code(text[i + 1:j])))
+            i = j + 1
+            continue
+        c = _CODE.match(text, i) if i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_") else None
+        if c:
+            parts.append((False, code(c.group(0))))
+            i = c.end()
+            continue
         m = _IDENT.match(text, i)
         if m:
             base, acc, sub = m.group("base"), m.group("acc"), m.group("sub") or ""
@@ -354,9 +370,16 @@ def _mixed(text: str, text_chars: dict[str, str]) -> str:
     return "".join(out)
 
 
+def _math_code(name: str) -> str:
+    """A result's name (a Python identifier such as x_t_mean_coef) as typewriter math, for LaTeX
+    and MathJax alike: every character as written, not x with subscript t."""
+    return r"\mathtt{" + name.replace("_", r"\_") + "}"
+
+
 def _latex_text(text: str) -> str:
     """A justification as LaTeX prose (symbols in $...$, specials escaped)."""
-    return _mixed(text, _TEX_TEXT_CHARS)
+    return _mixed(text, _TEX_TEXT_CHARS,
+                  lambda w: r"\texttt{" + "".join(_TEX_TEXT_CHARS.get(ch, ch) for ch in w) + "}")
 
 
 def _mathjax_text(text: str) -> str:
@@ -366,7 +389,7 @@ def _mathjax_text(text: str) -> str:
 
 def _markdown_text(text: str) -> str:
     """A justification as Markdown prose with $...$ inline math."""
-    return _mixed(text, _MD_TEXT_CHARS)
+    return _mixed(text, _MD_TEXT_CHARS, lambda w: f"`{w}`")
 
 
 def to_latex(d: Derivation, math_only: bool = False) -> str:
@@ -397,7 +420,7 @@ def to_latex(d: Derivation, math_only: bool = False) -> str:
     lines.append(r"\end{enumerate}")
     lines.append(r"\paragraph{Results}")
     lines.append(r"\begin{align*}")
-    rows = [rf"  \boxed{{\texttt{{{_latex_text(k)}}} = {latex(v)}}}" for k, v in d.results.items()]
+    rows = [rf"  \boxed{{{_math_code(k)} = {latex(v)}}}" for k, v in d.results.items()]
     lines.append(" \\\\\n".join(rows))
     lines.append(r"\end{align*}")
     for note in d.notes:
@@ -423,7 +446,7 @@ def to_markdown(d: Derivation) -> str:
     lines.append("### Results")
     lines.append("")
     for key, expr in d.results.items():
-        lines.append(rf"$$ \boxed{{\texttt{{{_latex_text(key)}}} = {latex(expr)}}} $$")
+        lines.append(rf"$$ \boxed{{{_math_code(key)} = {latex(expr)}}} $$")
         lines.append("")
     for note in d.notes:
         lines.append(f"> **Note.** {_markdown_text(note)}")

@@ -125,3 +125,21 @@ def test_latex_prose_escaping():
     assert r"\%" in out and r"\&" in out and r"\#" in out
     assert r"$x_{t} \mid x_{t-1}$" in out and r"\tilde{\beta}_{t}" in out and r"\approx" in out
     assert out.count("$") % 2 == 0
+
+
+def test_code_identifiers_in_prose_stay_code():
+    # a word before an underscore is an identifier, not a letter with a subscript
+    tex = render._latex_text("eps_weight_beta_tilde holds; alphas_cumprod_prev[0] = 1; x_t and ᾱ_t are math")
+    assert r"\texttt{eps\_weight\_beta\_tilde}" in tex and r"\texttt{alphas\_cumprod\_prev[0]}" in tex
+    assert "$x_{t}$" in tex and r"\bar{\alpha}_{t}" in tex
+    assert "$s_{" not in tex and "$a_{" not in tex
+    md = render._markdown_text("The source's `if t == 0: return model_mean` and x0_weight_snr")
+    assert "`if t == 0: return model_mean`" in md and "`x0_weight_snr`" in md
+    assert md.count("`") == 4  # no backticks nested inside a code span
+
+
+@pytest.mark.parametrize("fmt", ["latex", "markdown"])
+def test_result_names_are_typeset_as_written(fmt):
+    out = render.render(derivations.get("marginal"), fmt)
+    assert r"\boxed{\mathtt{x\_t\_mean\_coef} = " in out
+    assert r"\texttt{$" not in out  # no math inside a text-font group
