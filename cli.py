@@ -99,6 +99,7 @@ def print_json(obj) -> None:
 # --------------------------------------------------------------------------------------------
 # BEGIN derive-section
 _DERIVE_FORMATS = ("text", "latex", "markdown", "json")
+_MIN_WIDTH = 20  # columns; narrower, an equation cannot show even one symbol group per line
 
 
 @app.command()
@@ -126,6 +127,8 @@ def derive(
     import derivations  # light: sympy is imported only when a derivation is built
 
     fmt = "json" if as_json else fmt
+    if width is not None and width < _MIN_WIDTH:
+        raise DDPMCheckError(f"--width must be at least {_MIN_WIDTH} columns, got {width}")
     if fmt not in _DERIVE_FORMATS:
         raise DDPMCheckError(f"unknown format {fmt!r}; valid formats: {', '.join(_DERIVE_FORMATS)}")
     if name is None:

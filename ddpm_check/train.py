@@ -545,6 +545,10 @@ class Trainer:
         """
         tensors, meta, cfgs = load_checkpoint(path)
         train_cfg = cfgs["train"]
+        done = int(meta.get("step", 0))
+        if steps is not None and steps < done:  # before building anything (or drawing a progress bar)
+            raise DDPMCheckError(f"cannot train to step {steps}: checkpoint {str(path)!r} is already at step {done}; "
+                                 f"ask for a total of at least {done} steps")
         if steps is not None:
             train_cfg = TrainConfig(**{**train_cfg.to_dict(), "steps": steps})
         tr = cls(cfgs["model"], cfgs["schedule"], cfgs["data"], train_cfg, device=device, data=data, **options)

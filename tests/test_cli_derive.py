@@ -120,6 +120,23 @@ def test_unknown_format_exit_2():
     assert "'html'" in r.output and "latex" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("width", ["-1", "0", "19"])
+def test_a_width_too_narrow_is_one_line(width):
+    # --width -1 printed nothing and exited 0; 0 fell back to the terminal's width silently
+    r = invoke("posterior", "--width", width)
+    assert r.exit_code == 2
+    assert r.output.strip() == f"error: --width must be at least 20 columns, got {width}"
+
+
+def test_the_narrowest_width_still_prints_every_step():
+    r = invoke("posterior", "--width", "20")
+    assert r.exit_code == 0
+    assert r.output.count("✓") >= len(derivations.get("posterior").steps)
+    from rich.cells import cell_len  # terminal columns: a combining tilde takes none
+
+    assert max(cell_len(line.rstrip()) for line in r.output.splitlines()) <= 20
+
+
 def test_a_step_that_fails_to_verify_exits_1(monkeypatch):
     from derivations.step import DerivationError
 

@@ -57,6 +57,17 @@ def test_resume_continues_to_new_total(trained, tmp_path):
     assert s["step"] == 7 and s["steps_this_run"] == 2 and s["metric"] is None
 
 
+def test_resume_to_fewer_steps_than_done_is_refused_before_training(trained):
+    out, _ = trained
+    before = (out / "checkpoint.safetensors").read_bytes()
+    r = runner.invoke(app, ["train", "--resume", str(out), "--steps", "3"])
+    assert r.exit_code == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cannot train to step 3" in lines[0] and "already at step 5" in lines[0]
+    assert "training" not in r.stdout  # no banner, no progress bar before the error
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+
+
 def test_sample_and_evaluate(trained, tmp_path):
     out, _ = trained
     r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "3", "--npy", "--out", str(tmp_path / "s"), "--json"])
