@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 
-from ddpm_check.errors import DDPMCheckError
+from ddpm_check.errors import DDPMCheckError, check_seed
 
 app = typer.Typer(
     name="ddpm-check",
@@ -264,7 +264,7 @@ def train_command(
     small: Annotated[bool, typer.Option("--small", help="The quick CPU preset the README runs: digits 8x8, small SimpleUnet, T=300, 1000 steps (~2 min on 2 cores).")] = False,
     data: Annotated[Optional[str], typer.Option(help="Training data: 'digits' (scikit-learn, bundled), 'mixture' (Gaussian mixture with exact denoiser) or a folder of PNG/JPEG images.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Image side in pixels; a multiple of 2**depth (digits: 8, 16, 32, ...). Preset: 8 (small), 64 (full).")] = None,
-    channels: Annotated[Optional[int], typer.Option(help="Image channels (folder: 1 grey or 3 RGB; digits: 1).")] = None,
+    channels: Annotated[Optional[int], typer.Option(help="Image channels: 1 (grey) or 3 (RGB); the digits are 1.")] = None,
     model: Annotated[Optional[str], typer.Option(help="SimpleUnet size: 'small' (32,64,128) or 'full' (the source's 64..1024, 62M params at 3 channels).")] = None,
     channels_list: Annotated[Optional[str], typer.Option(help="Custom SimpleUnet down channels, e.g. 64,128,256,512,1024 (overrides --model).")] = None,
     timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", help="Number of diffusion steps T (preset 300, as the source).")] = None,
@@ -467,6 +467,7 @@ def sample_command(
 
     from ddpm_check.sample import load_sampler
 
+    check_seed(seed, "--seed")
     if n < 1:
         raise DDPMCheckError(f"-n must be >= 1, got {n}")
     if strip_rows < 1:
@@ -506,6 +507,7 @@ def evaluate_command(
     from ddpm_check.metrics import evaluate_digits
     from ddpm_check.sample import load_sampler, sample
 
+    check_seed(seed, "--seed")
     if n < 2:
         raise DDPMCheckError(f"-n must be >= 2 for a Frechet distance, got {n}")
     sampler = load_sampler(checkpoint, device=device)
@@ -832,8 +834,7 @@ def audit_command(
 
     if samples < 100:  # bad input fails before any work
         raise DDPMCheckError(f"--samples must be an integer >= 100, got {samples}")
-    if seed < 0:
-        raise DDPMCheckError(f"--seed must be an integer >= 0, got {seed}")
+    check_seed(seed, "--seed")
     ids = A.resolve_ids([only] if only else None)
     t0 = _time.perf_counter()
     if as_json:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ddpm_check import stats as S
-from ddpm_check.errors import DDPMCheckError
+from ddpm_check.errors import DDPMCheckError, check_seed
 from ddpm_check.schedules import Schedule, make_schedule
 
 HOLDS, ERRATUM, CAVEAT = "holds", "erratum", "caveat"
@@ -121,9 +121,7 @@ def _check_samples(samples: Any) -> int:
 
 
 def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DDPMCheckError(f"seed must be an integer >= 0, got {seed!r}")
-    return int(seed)
+    return check_seed(seed)
 
 
 def _rng(name: str, seed: int) -> np.random.Generator:

@@ -76,8 +76,8 @@ class DataConfig:
             if self.channels not in (1, 3):
                 raise DDPMCheckError(f"folder images have 1 (grey) or 3 (RGB) channels, got {self.channels}")
         if self.kind == "mixture":
-            if self.channels < 1:
-                raise DDPMCheckError(f"channels must be >= 1, got {self.channels}")
+            if self.channels not in (1, 3):  # the samples are drawn as grey or RGB pictures
+                raise DDPMCheckError(f"mixture images have 1 (grey) or 3 (RGB) channels, got {self.channels}")
             if self.n < 1:
                 raise DDPMCheckError(f"mixture data size n must be >= 1, got {self.n}")
 

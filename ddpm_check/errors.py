@@ -9,3 +9,16 @@ This module imports nothing heavy, so the symbolic package may use it too.
 
 class DDPMCheckError(ValueError):
     """Bad input from a user: the message names the value and what is allowed."""
+
+
+#: Seeds are 0 .. 2**63 - 1: what torch.Generator.manual_seed and numpy's SeedSequence both take.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as an int, or DDPMCheckError unless it is an integer in 0 .. MAX_SEED."""
+    import numbers
+
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise DDPMCheckError(f"{name} must be an integer from 0 to 2**63 - 1, got {seed!r}")
+    return int(seed)

@@ -49,7 +49,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ddpm_check import stats as S
-from ddpm_check.errors import DDPMCheckError
+from ddpm_check.errors import DDPMCheckError, check_seed
 from ddpm_check.schedules import Schedule, ScheduleConfig
 
 # ============================================================================================
@@ -1132,8 +1132,7 @@ def run_check(name: str, *, samples: int | None = None, seed: int = S.DEFAULT_RO
         samples = spec.default_samples
     if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
         raise DDPMCheckError(f"samples must be an integer >= 1, got {samples!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DDPMCheckError(f"seed must be an integer >= 0, got {seed!r}")
+    check_seed(seed)
     var = None
     if variant is not None:
         if variant not in _VARIANTS[name]:

@@ -26,7 +26,7 @@ import torch
 from ddpm_check import checkpoint as ckpt
 from ddpm_check.data import DataConfig
 from ddpm_check.diffusion import GaussianDiffusion
-from ddpm_check.errors import DDPMCheckError
+from ddpm_check.errors import DDPMCheckError, check_seed
 from ddpm_check.schedules import Schedule, ScheduleConfig
 from ddpm_check.train import autocast_model, configure_cuda, load_checkpoint, resolve_device
 from ddpm_check.unet import SimpleUnet, UNetConfig
@@ -147,7 +147,7 @@ def sample(sampler: Sampler, n: int, seed: int = 0, batch_size: int = 500,
     batch_size = _check_n(batch_size, "sampling batch size")
     check_result_fits(n, sampler.shape)
     dev = sampler.device
-    g = torch.Generator(dev).manual_seed(int(seed))
+    g = torch.Generator(dev).manual_seed(check_seed(seed))
     eps = sampler.eps_model(compile, probe_shape=(min(n, batch_size), *sampler.shape))
     T = sampler.diffusion.T
     n_batches = math.ceil(n / batch_size)
@@ -177,7 +177,7 @@ def sample_with_strip(sampler: Sampler, n: int, seed: int = 0, strip_rows: int =
     T = sampler.diffusion.T
     ts = strip_steps(T, n_cols)
     capture = [t - 1 for t in ts if t >= 1]
-    g = torch.Generator(sampler.device).manual_seed(int(seed))
+    g = torch.Generator(sampler.device).manual_seed(check_seed(seed))
     eps = sampler.eps_model(compile, probe_shape=(min(n, batch_size), *sampler.shape))
     n_batches = math.ceil(n / batch_size)
     out, frames = [], None
@@ -216,7 +216,7 @@ def reverse_process(sampler: Sampler, n_rows: int = 4, seed: int = 0, n_cols: in
     T = sampler.diffusion.T
     ts = strip_steps(T, n_cols)
     capture = [t - 1 for t in ts if t >= 1]
-    g = torch.Generator(sampler.device).manual_seed(int(seed))
+    g = torch.Generator(sampler.device).manual_seed(check_seed(seed))
     x0, captured = sampler.diffusion.p_sample_loop(sampler.eps_model(), (n_rows, *sampler.shape),
                                                    generator=g, capture=capture)
     cols = [captured[t - 1] if t >= 1 else x0 for t in ts]

@@ -51,7 +51,7 @@ import torch
 from ddpm_check import checkpoint as ckpt
 from ddpm_check.data import DataConfig, ImageData, load_data
 from ddpm_check.diffusion import LOSS_KINDS, GaussianDiffusion
-from ddpm_check.errors import DDPMCheckError
+from ddpm_check.errors import DDPMCheckError, check_seed
 from ddpm_check.schedules import Schedule, ScheduleConfig
 from ddpm_check.unet import SimpleUnet, UNetConfig
 
@@ -81,8 +81,7 @@ class TrainConfig:
             raise DDPMCheckError(f"EMA decay must be in [0, 1), got {self.ema_decay!r}")
         if self.loss not in LOSS_KINDS:
             raise DDPMCheckError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_KINDS)}")
-        if not _int(self.seed) or self.seed < 0:
-            raise DDPMCheckError(f"seed must be an integer >= 0, got {self.seed!r}")
+        check_seed(self.seed)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -114,7 +114,7 @@ def test_another_schedule_and_seed():
     (["marginal", "--schedule", "sigmoid"], ["unknown --schedule 'sigmoid'"]),
     (["marginal", "--T", "0"], ["T must be an integer >= 1, got 0"]),
     (["network", "--steps", "0"], ["--steps must be >= 1"]),
-    (["mean-eps", "--seed", "-1"], ["seed must be an integer >= 0, got -1"]),
+    (["mean-eps", "--seed", "-1"], ["seed must be an integer from 0 to 2**63 - 1, got -1"]),
 ])
 def test_bad_input_exits_2_with_one_red_line(args, words):
     res = _invoke(*args)

@@ -85,3 +85,28 @@ def test_an_output_path_that_cannot_be_made_is_one_line(tmp_path, command):
     line = _one_error_line(r)
     assert "cannot use" in line and str(blocker) in line and "Not a directory" in line
     assert blocker.read_text() == "not a folder"  # nothing of the user's was touched
+
+
+@pytest.mark.parametrize("args, expected", [
+    # 2 channels trained, then failed to draw the pictures with a matplotlib traceback
+    (["train", "--data", "mixture", "--channels", "2", "--image-size", "8", "--steps", "1"],
+     "mixture images have 1 (grey) or 3 (RGB) channels, got 2"),
+    # seeds past 2**63 - 1 overflowed torch.Generator.manual_seed after training
+    (["train", "--small", "--steps", "1", "--seed", str(2**64)], f"seed must be an integer from 0 to 2**63 - 1, got {2**64}"),
+    (["sample", "--checkpoint", "nowhere", "--seed", str(2**63)], f"--seed must be an integer from 0 to 2**63 - 1, got {2**63}"),
+    (["evaluate", "--checkpoint", "nowhere", "--seed", "-1"], "--seed must be an integer from 0 to 2**63 - 1, got -1"),
+])
+def test_bad_values_fail_before_any_work(tmp_path, args, expected):
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "o")] if args[0] == "train" else args)
+    assert r.exit_code == 2, r.output
+    assert _one_error_line(r) == f"error: {expected}"
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_the_largest_seed_works(tmp_path):
+    from ddpm_check.errors import MAX_SEED, check_seed
+
+    assert check_seed(MAX_SEED) == 2**63 - 1
+    r = runner.invoke(app, ["train", "--small", "--steps", "1", "-T", "5", "--eval-n", "0", "--n-samples", "1",
+                            "--seed", str(MAX_SEED), "--out", str(tmp_path / "o"), "--json"])
+    assert r.exit_code == 0, r.output

@@ -165,7 +165,7 @@ def test_too_few_samples_is_refused_before_sampling():
     (dict(name="marginal", samples=0), "samples must be an integer >= 1, got 0"),
     (dict(name="nope"), "unknown check 'nope'; valid names: marginal, posterior"),
     (dict(name="marginal", variant="nope"), "unknown variant 'nope' of check 'marginal'"),
-    (dict(name="marginal", seed=-1), "seed must be an integer >= 0"),
+    (dict(name="marginal", seed=-1), "seed must be an integer from 0 to 2\\*\\*63 - 1"),
 ])
 def test_bad_input_raises(kwargs, word):
     with pytest.raises(DDPMCheckError, match=word.replace("(", r"\(")):
