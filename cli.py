@@ -289,8 +289,9 @@ def train_command(
 ) -> None:
     """Train a SimpleUnet DDPM (Ho et al. Algorithm 1), then sample, draw and score it.
 
-    Several GPUs (or CPU processes): torchrun --nproc_per_node N --no-python ddpm-check train ...
-    (DistributedDataParallel; --batch-size is the global batch; rank 0 writes and prints).
+    Several GPUs or CPU processes (DistributedDataParallel; --batch-size is the global batch; rank 0 writes and prints):
+
+    torchrun --nproc_per_node N --no-python ddpm-check train ...
     """
     import time as _time
     from datetime import datetime
@@ -618,7 +619,15 @@ def _check_list() -> None:
     sys.stdout.write(f"{'all'.ljust(pad)}  every check above except network\n")
 
 
-@app.command()
+_CHECK_HELP = """Verify the derived formulas by Monte Carlo against the torch DDPM; exit 1 if a check fails.
+
+Each row is a statistical test with a known null distribution. Family-wise false-failure rate of `check all` <= 1e-4 (Bonferroni); each check prints the smallest error it detects with probability >= 0.999 (detectable δ).
+
+Example: ddpm-check check posterior --seed 7
+"""
+
+
+@app.command(help=_CHECK_HELP)
 @edge
 def check(
     name: Annotated[
@@ -649,12 +658,7 @@ def check(
     ] = None,
     full: Annotated[bool, typer.Option("--full", help="One table row per test statistic (default: the worst of each group).")] = False,
 ) -> None:
-    """Verify the derived formulas by Monte Carlo against the torch DDPM; exit 1 if a check fails.
-
-    Each row is a statistical test with a known null distribution.  Family-wise false-failure
-    rate of `check all` <= 1e-4 (Bonferroni); each check prints the smallest error it detects
-    with probability >= 0.999 (detectable δ).  Example: ddpm-check check posterior --seed 7
-    """
+    # the help text is _CHECK_HELP: typer's rich mode keeps a docstring's line breaks
     if name is None:
         _check_list()
         return
@@ -826,8 +830,10 @@ def audit_command(
                                                     "sample-plot-index.", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the claims, verdicts and evidence as JSON.")] = False,
 ) -> None:
-    """Audit the source derivation: each claim with a verdict (holds / erratum / caveat) and the evidence
-    computed now by the toolkit's derivations, checks and schedule code. Exit 0 whatever the verdicts."""
+    """Audit the source derivation: each claim with a verdict (holds / erratum / caveat).
+
+    The evidence is computed now by the toolkit's derivations, checks and schedule code. Exit 0 whatever the verdicts.
+    """
     import time as _time
 
     from ddpm_check import audit as A

@@ -219,7 +219,7 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step(tmp_path):
     import signal
     import time
 
-    from test_interrupt import ANSI, MESSAGE
+    from test_interrupt import ANSI, MESSAGE, sigint_default
 
     common = ["--data", "digits", "--image-size", "8", "--channels-list", "8,16", "-T", "20",
               "--batch-size", "8", "--seed", "3", "--eval-n", "0", "--n-samples", "1", "--device", "cpu"]
@@ -233,7 +233,8 @@ def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step(tmp_path):
         err_path = tmp_path / f"stderr{attempt}"
         with open(err_path, "w") as fe:
             proc = subprocess.Popen([*launch, "--steps", "1000000", "--checkpoint-every", "20", "--out", str(out)],
-                                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=fe, start_new_session=True)
+                                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=fe, start_new_session=True,
+                                    preexec_fn=sigint_default)
             try:
                 deadline = time.monotonic() + 180
                 while not (out / ckpt.FILENAME).exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -54,12 +54,20 @@ def _env() -> dict[str, str]:
     return env
 
 
+def sigint_default() -> None:
+    """In the child before exec: SIGINT at its default.  A shell starts background jobs with SIGINT
+    ignored, children inherit that, and Python then installs no KeyboardInterrupt handler: the
+    test's Ctrl-C would be ignored (as it would be for a user's backgrounded run)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_training(out: Path, *extra: str) -> tuple[int, str, str]:
     """Start `train` into ``out``, wait for its first checkpoint, send SIGINT; (rc, stdout, stderr)."""
     log_out, log_err = out.parent / f"{out.name}.stdout", out.parent / f"{out.name}.stderr"
     cmd = [sys.executable, "-m", "cli", "train", *TINY, *FOREVER, "--out", str(out), *extra]
     with open(log_out, "w") as fo, open(log_err, "w") as fe:  # files, not pipes: nothing can block
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=fo, stderr=fe, text=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=fo, stderr=fe, text=True,
+                                preexec_fn=sigint_default)
         try:
             deadline = time.monotonic() + START_TIMEOUT
             while not (out / ckpt.FILENAME).exists():  # written atomically: complete once it exists
