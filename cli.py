@@ -883,8 +883,12 @@ def _render_audit(claims, counts, elapsed: float) -> None:
         style = _AUDIT_STYLE[c.verdict]
         tab.add_row(str(k), escape(c.id), f"[{style}]{c.verdict}[/{style}]", f"{c.seconds:.1f}")
     console.print(tab)
-    console.print(f"{len(claims)} claims: {counts['holds']} hold, {counts['erratum']} errata, "
-                  f"{counts['caveat']} caveats ({elapsed:.1f} s)")
+    def n_of(k: int, one: str, many: str) -> str:
+        return f"{k} {one if k == 1 else many}"
+
+    console.print(f"{n_of(len(claims), 'claim', 'claims')}: {n_of(counts['holds'], 'holds', 'hold')}, "
+                  f"{n_of(counts['erratum'], 'erratum', 'errata')}, {n_of(counts['caveat'], 'caveat', 'caveats')} "
+                  f"({elapsed:.1f} s)")
 # END schedule-section
 
 

@@ -87,7 +87,7 @@ def test_only_subset():
     r = runner.invoke(app, ["audit", "--only", "alpha-to-zero,sample-plot-index"], env=WIDE)
     assert r.exit_code == 0, r.output
     assert "alpha-to-zero" in r.stdout and "sample-plot-index" in r.stdout and "posterior" not in r.stdout
-    assert "2 claims: 0 hold, 1 errata, 1 caveats" in r.stdout
+    assert "2 claims: 0 hold, 1 erratum, 1 caveat" in r.stdout
 
 
 @pytest.mark.parametrize("args, words", [
