@@ -36,7 +36,9 @@ $OUT/gpu_bench.json as soon as it ends:
 Timing: torch.cuda.synchronize() around perf_counter; warm-up steps first.  Output: progress
 lines, Markdown tables (printed and written to $OUT/gpu_bench.md, and the ladder and profile to
 $OUT/gpu_gap.md; OUT defaults to ./bench_out) and the JSON.  ``--only ladder,profile`` runs just
-those sections (env always runs); ``--merge`` takes either .md file.
+those sections (env always runs; the main tables then go to gpu_bench_partial.md, which
+``--merge`` refuses, so a partial run never blanks the full one's rows); ``--merge`` takes
+gpu_bench.md and gpu_gap.md.
 """
 
 from __future__ import annotations
@@ -909,6 +911,9 @@ def main() -> None:
         from mdsection import write_section
 
         for md in args.merge:
+            if "partial" in Path(md).name:
+                sys.exit(f"{md} is from a run of some sections only (--only): its tables would replace "
+                         "the full run's in BENCHMARKS.md with dashes; copy the rows you need by hand")
             name = "gpu-gap" if Path(md).name.startswith("gpu_gap") else "gpu-bench"
             print(f"wrote {name} into {write_section(name, Path(md).read_text())}")
         return
@@ -946,7 +951,8 @@ def main() -> None:
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     written = [out / "gpu_bench.json"]
     S = b.results["sections"]
-    for fname, render, keys in (("gpu_bench.md", markdown, ("train_ours", "sample", "quality")),
+    main_md = "gpu_bench.md" if only is None else "gpu_bench_partial.md"  # --merge refuses a partial one
+    for fname, render, keys in ((main_md, markdown, ("train_ours", "sample", "quality")),
                                 ("gpu_gap.md", markdown_gap, ("ladder", "ablate", "profile"))):
         if any(k in S for k in keys):
             md = render(b.results, command)
