@@ -302,3 +302,57 @@ def test_reverse_mean_and_x0_match_lambdified_derivations(kind):
     x_t_mean = derivations.numeric("marginal", "x_t_mean_coef")(**kw) * x0.numpy()
     x_t_sd = np.sqrt(derivations.numeric("marginal", "x_t_variance")(**kw))
     assert_allclose(xt.numpy(), x_t_mean + x_t_sd * eps.numpy(), rtol=1e-12, atol=1e-12)
+
+
+# ---- against diffusers (an independent implementation of the same steps, float32) ---------------
+U32 = 2.0**-24  # float32 unit roundoff
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_reverse_step_and_forward_noising_equal_diffusers(kind):
+    # DDPMScheduler over the same betas, fixed_small variance (sigma_t^2 = beta_tilde_t), no
+    # clipping, eps prediction: its step must be p_sample's, its add_noise q_sample's, for the
+    # same eps_theta and the same noise, at the first, the last and interior steps.
+    # Tolerance: diffusers forms 1 - alpha_bar_t in float32 from a float32 cumprod, so its
+    # coefficients carry a relative error of order U32 / (1 - alpha_bar_t) (largest at small t),
+    # and it goes through x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), which
+    # magnifies rounding by 1 / sqrt(alpha_bar_t) (largest at the cosine schedule's last step,
+    # alpha_bar = 2.7e-8); ours come from float64.  The bound is 4 U32 times the sum of the two
+    # factors, on the scale of the values (|x| <= 4 here).
+    pytest.importorskip("diffusers")
+    from diffusers import DDPMScheduler
+
+    T = 300
+    s = make_schedule(kind, T=T)
+    sch = DDPMScheduler(num_train_timesteps=T, trained_betas=[float(b) for b in s.betas],
+                        variance_type="fixed_small", clip_sample=False, prediction_type="epsilon")
+    sch.set_timesteps(T)
+    d = GaussianDiffusion(s, dtype=torch.float32)
+
+    def model(x, t):  # any fixed eps_theta will do; this one depends on x and t
+        return torch.tanh(x) * 0.5 + (t.float() / T)[:, None, None, None]
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 1, 4, 4, generator=g)
+    x0 = torch.randn(6, 1, 4, 4, generator=g).clamp(-1, 1)
+    scale = 4.0
+
+    def tol(i: int) -> float:
+        ab = s.alphas_cumprod[i]
+        return 4 * U32 * scale * (1.0 / (1.0 - ab) + 1.0 / math.sqrt(ab))
+
+    for i in (0, 1, 2, 3, 10, T // 2, T - 1):
+        t = torch.full((6,), i, dtype=torch.long)
+        # diffusers draws its noise as torch.randn(shape, generator=gen): the same draw on our side
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(i))
+        theirs = sch.step(model(x, t), i, x, generator=torch.Generator().manual_seed(i)).prev_sample
+        ours = d.p_sample(model, x, t, noise=noise)
+        assert (ours - theirs).abs().max() <= tol(i), (kind, i, float((ours - theirs).abs().max()), tol(i))
+        qs = d.q_sample(x0, t, noise=noise)
+        assert (qs - sch.add_noise(x0, noise, t)).abs().max() <= tol(i), (kind, "add_noise", i)
+    # the comparison sees an off-by-one step index: p_sample at i + 1 is far from diffusers' at i
+    for i in (T // 2, T - 2):
+        t = torch.full((6,), i + 1, dtype=torch.long)
+        off = d.p_sample(model, x, t, noise=torch.randn(x.shape, generator=torch.Generator().manual_seed(i)))
+        ref = sch.step(model(x, t), i, x, generator=torch.Generator().manual_seed(i)).prev_sample
+        assert (off - ref).abs().max() > 10 * tol(i), (kind, i)
