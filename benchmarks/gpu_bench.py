@@ -656,6 +656,8 @@ def child_compile(b: Bench) -> None:
         b.time_trainer(tr, res)
         res["compile_error"] = tr.compile_error
         res["compiled"] = tr.compiled
+        if tr.compiled and b.left() > 15:  # where the compiled step's time goes (see the profile section)
+            res["profile"] = _profile(b, tr.train_step, 5 if not b.args.tiny else 2)
         log(f"  Trainer(compile=True): {res['images_per_s']:,} images/s, first step {res['first_step_s']} s"
             + (f", FELL BACK: {tr.compile_error}" if tr.compile_error else ""))
         b.state["ema"], b.state["schedule"] = tr.ema, tr.schedule
@@ -864,14 +866,17 @@ def markdown_gap(results: dict, command: str) -> str:
             ratio = f"{v / ref:.2f}x" if v and ref else "-"
             lines.append(f"| {labels[name]} | {num(v)} | {num(get('ablate', name, 'ms_per_step'), '{:.2f}')} | {ratio} |")
         lines.append("")
-    prof = S.get("profile", {})
+    prof = dict(S.get("profile", {}))
+    if isinstance(S.get("train_compiled", {}).get("profile"), dict):
+        prof["trainer_step_compiled"] = S["train_compiled"]["profile"]
     runs = [(k, v) for k, v in prof.items() if isinstance(v, dict) and "busy_ms" in v]
     if runs:
         busy_of = runs[0][1]["busy_of"]
         lines += [f"Profile (torch.profiler; ms per step; busy = {busy_of}, by kind):", "",
                   "| step | wall | busy | " + " | ".join(GAP_KINDS) + " |",
                   "| --- " + "| ---: " * (2 + len(GAP_KINDS)) + "|"]
-        labels = {"trainer_step": "Trainer training step", "sample_step_bf16": "sampling step, bf16 eager"}
+        labels = {"trainer_step": "Trainer training step", "sample_step_bf16": "sampling step, bf16 eager",
+                  "trainer_step_compiled": "Trainer training step, torch.compile"}
         labels.update({k: k.replace("source_", "source loop, ").replace("_", " ") for k, _ in runs if k not in labels})
         for key, v in runs:
             lines.append(f"| {labels[key]} | {v['wall_ms']:.2f} | {v['busy_ms']:.2f} | "
@@ -961,7 +966,7 @@ def main() -> None:
     S = b.results["sections"]
     main_md = "gpu_bench.md" if only is None else "gpu_bench_partial.md"  # --merge refuses a partial one
     for fname, render, keys in ((main_md, markdown, ("train_ours", "sample", "quality")),
-                                ("gpu_gap.md", markdown_gap, ("ladder", "ablate", "profile"))):
+                                ("gpu_gap.md", markdown_gap, ("ladder", "ablate", "profile", "train_compiled"))):
         if any(k in S for k in keys):
             md = render(b.results, command)
             (out / fname).write_text(md + "\n")
