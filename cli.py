@@ -32,6 +32,27 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable)
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("ddpm-check")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        v = "unknown (not installed)"
+    print(f"ddpm-check {v}")
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False,
+) -> None:
+    """Derive, verify and teach the math of denoising diffusion probabilistic models (DDPM)."""
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 

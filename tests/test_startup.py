@@ -59,3 +59,13 @@ def test_derive_does_not_import_torch(args):
     assert mods["code"] == 0
     assert mods["sympy"] is True  # the check can fail: the derivation really ran
     assert mods["torch"] is False
+
+
+def test_version_is_the_installed_one_and_light():
+    mods = _modules_after("--version")
+    assert mods == {"code": 0, "torch": False, "sympy": False}
+    out = subprocess.run([sys.executable, "-m", "cli", "--version"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    text = (ROOT / "pyproject.toml").read_text()
+    declared = text.split("[project]", 1)[1].split("version = ", 1)[1].split("\n", 1)[0].strip('"')
+    assert out.returncode == 0 and out.stdout == f"ddpm-check {declared}\n"
