@@ -261,17 +261,18 @@ def _render_score(console, score: dict) -> None:
 
 
 def _sample_pictures(sampler, n_images: int, n_grid: int, strip_rows: int, seed: int, out,
-                     console, quiet: bool, prefix: str = ""):
+                     console, quiet: bool, prefix: str = "", batch_size: int = 500):
     """Sample once; write samples.png (first n_grid) and reverse_process.png (first strip_rows)."""
     from ddpm_check.sample import sample_with_strip, save_grid, save_reverse_strip
 
     if quiet:
-        x, ts, frames = sample_with_strip(sampler, n_images, seed=seed, strip_rows=strip_rows)
+        x, ts, frames = sample_with_strip(sampler, n_images, seed=seed, strip_rows=strip_rows,
+                                          batch_size=batch_size)
     else:
         bar, task = _sampling_bar(console, f"sampling {n_images} images")
         with bar:
             x, ts, frames = sample_with_strip(
-                sampler, n_images, seed=seed, strip_rows=strip_rows,
+                sampler, n_images, seed=seed, strip_rows=strip_rows, batch_size=batch_size,
                 progress=lambda k, tot: bar.update(task, completed=k, total=tot))
     grid = save_grid(x[:n_grid], out / f"{prefix}samples.png",
                      title=f"{min(n_grid, len(x))} samples, step {sampler.step}, seed {seed}")
@@ -481,6 +482,7 @@ def sample_command(
     seed: Annotated[int, typer.Option(help="Seed of x_T and of every step's noise.")] = 0,
     npy: Annotated[bool, typer.Option("--npy", help="Also write the raw samples (n x C x H x W, float32, in about [-1, 1]) as samples.npy.")] = False,
     strip_rows: Annotated[int, typer.Option(help="Chains shown in reverse_process.png.")] = 4,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images sampled at once; lower it if memory runs out (the samples of a seed depend on it).")] = 500,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
@@ -494,11 +496,14 @@ def sample_command(
         raise DDPMCheckError(f"-n must be >= 1, got {n}")
     if strip_rows < 1:
         raise DDPMCheckError(f"--strip-rows must be >= 1, got {strip_rows}")
+    if batch_size < 1:
+        raise DDPMCheckError(f"--batch-size must be >= 1, got {batch_size}")
     sampler = load_sampler(checkpoint, device=device)
     out_dir = Path(out) if out is not None else sampler.path.parent / f"sample-seed{seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
     console = _console()
-    x, grid, strip = _sample_pictures(sampler, n, n, min(strip_rows, n), seed, out_dir, console, as_json)
+    x, grid, strip = _sample_pictures(sampler, n, n, min(strip_rows, n), seed, out_dir, console, as_json,
+                                      batch_size=batch_size)
     summary = {"checkpoint": str(sampler.path), "step": sampler.step, "n": n, "seed": seed,
                "shape": list(x.shape), "samples_png": str(grid), "reverse_process_png": str(strip),
                "npy": None, "mean": float(x.mean()), "std": float(x.std()),
@@ -522,6 +527,7 @@ def evaluate_command(
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint.safetensors file or a run folder (trained on digits).")],
     n: Annotated[int, typer.Option("-n", "--n", help="Number of samples to score.")] = 400,
     seed: Annotated[int, typer.Option(help="Seed of the samples and of the noise ceiling.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images sampled at once; lower it if memory runs out (the samples of a seed depend on it).")] = 500,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
@@ -532,6 +538,8 @@ def evaluate_command(
     check_seed(seed, "--seed")
     if n < 2:
         raise DDPMCheckError(f"-n must be >= 2 for a Frechet distance, got {n}")
+    if batch_size < 1:
+        raise DDPMCheckError(f"--batch-size must be >= 1, got {batch_size}")
     sampler = load_sampler(checkpoint, device=device)
     if sampler.data_cfg.kind != "digits":
         raise DDPMCheckError(
@@ -540,11 +548,12 @@ def evaluate_command(
         )
     console = _console()
     if as_json:
-        x = sample(sampler, n, seed=seed)
+        x = sample(sampler, n, seed=seed, batch_size=batch_size)
     else:
         bar, task = _sampling_bar(console, f"sampling {n} images")
         with bar:
-            x = sample(sampler, n, seed=seed, progress=lambda k, tot: bar.update(task, completed=k, total=tot))
+            x = sample(sampler, n, seed=seed, batch_size=batch_size,
+                       progress=lambda k, tot: bar.update(task, completed=k, total=tot))
     score = evaluate_digits(x, seed=seed).to_dict()
     score.update(checkpoint=str(sampler.path), step=sampler.step, seed=seed)
     if as_json:

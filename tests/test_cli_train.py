@@ -68,6 +68,24 @@ def test_resume_to_fewer_steps_than_done_is_refused_before_training(trained):
     assert (out / "checkpoint.safetensors").read_bytes() == before
 
 
+def test_sample_batch_size_is_passed_through(trained, tmp_path):
+    import torch
+
+    from ddpm_check.sample import load_sampler, sample
+
+    out, _ = trained
+    r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "5", "--batch-size", "2", "--npy",
+                            "--seed", "4", "--device", "cpu", "--out", str(tmp_path / "b2"), "--json"])
+    assert r.exit_code == 0, r.output
+    got = torch.from_numpy(np.load(json.loads(r.stdout)["npy"]))
+    s = load_sampler(out, device="cpu")
+    assert torch.equal(got, sample(s, 5, seed=4, batch_size=2))  # three batches: 2, 2, 1
+    assert not torch.equal(got, sample(s, 5, seed=4))  # one batch of 5 draws differently
+    for cmd in (["sample", "--checkpoint", str(out)], ["evaluate", "--checkpoint", str(out)]):
+        r = runner.invoke(app, [*cmd, "--batch-size", "0"])
+        assert r.exit_code == 2 and r.stderr.strip() == "error: --batch-size must be >= 1, got 0"
+
+
 def test_sample_and_evaluate(trained, tmp_path):
     out, _ = trained
     r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "3", "--npy", "--out", str(tmp_path / "s"), "--json"])
