@@ -868,8 +868,9 @@ def audit_command(
 
     from ddpm_check import audit as A
 
-    if samples < 100:  # bad input fails before any work
-        raise DDPMCheckError(f"--samples must be an integer >= 100, got {samples}")
+    from ddpm_check.stats import check_samples
+
+    check_samples(samples, minimum=100, name="--samples")  # bad input fails before any work
     check_seed(seed, "--seed")
     ids = A.resolve_ids([only] if only else None)
     t0 = _time.perf_counter()

@@ -115,9 +115,7 @@ def source_schedule(T: int = 300) -> Schedule:
 
 
 def _check_samples(samples: Any) -> int:
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 100:
-        raise DDPMCheckError(f"samples must be an integer >= 100, got {samples!r}")
-    return int(samples)
+    return S.check_samples(samples, minimum=100)
 
 
 def _check_seed(seed: Any) -> int:

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ddpm_check.errors import DDPMCheckError
+from ddpm_check.schedules import MAX_T  # diffusion steps: the schedules' own limit
 
 FORMAT = "ddpm-check/checkpoint-1"
 FILENAME = "checkpoint.safetensors"
@@ -45,7 +46,6 @@ META_KEY = "ddpm_check"
 # toolkit is for (the source trains 64x64 images, T = 300, widths up to 1024), yet small enough
 # that a crafted number cannot ask for terabytes or 10**9 sampling steps.  The widths are pinned
 # further by the stored tensors (check_weights); MAX_WIDTH only keeps the meta-device model sane.
-MAX_T = 100_000  # diffusion steps (Ho et al.: 1000; sampling costs T network evaluations)
 MAX_IMAGE_SIZE = 1024  # pixels per side
 MAX_DEPTH = 10  # len(down_channels) - 1; the image side is a multiple of 2**depth
 MAX_WIDTH = 65_536  # image channels, each of down_channels, time_emb_dim

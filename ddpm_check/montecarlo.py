@@ -1130,8 +1130,7 @@ def run_check(name: str, *, samples: int | None = None, seed: int = S.DEFAULT_RO
     spec = CHECKS[name]
     if samples is None:
         samples = spec.default_samples
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-        raise DDPMCheckError(f"samples must be an integer >= 1, got {samples!r}")
+    samples = S.check_samples(samples)
     check_seed(seed)
     var = None
     if variant is not None:

@@ -56,11 +56,18 @@ ARRAY_NAMES = (
 
 
 # ---- validation helpers -----------------------------------------------------------------------
+#: The most diffusion steps a schedule may have (Ho et al.: 1000).  Sampling costs T network
+#: evaluations, and a crafted T of 10**9 would ask for 8 GB per schedule array.
+MAX_T = 100_000
+
+
 def _check_T(T: Any) -> int:
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)):
         raise DDPMCheckError(f"T must be an integer >= 1, got {T!r}")
     if T < 1:
         raise DDPMCheckError(f"T must be an integer >= 1, got {T}")
+    if T > MAX_T:
+        raise DDPMCheckError(f"T must be at most {MAX_T:,}, got {T}")
     return int(T)
 
 

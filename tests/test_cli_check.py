@@ -105,7 +105,7 @@ def test_another_schedule_and_seed():
 
 
 @pytest.mark.parametrize("args, words", [
-    (["all", "--samples", "0"], ["samples must be an integer >= 1, got 0"]),
+    (["all", "--samples", "0"], ["samples must be an integer from 1 to 10,000,000, got 0"]),
     (["nope"], ["unknown check 'nope'", "marginal", "all"]),
     (["marginal", "--samples", "100"], ["--samples 100 is too small", "use --samples >="]),
     (["marginal", "--variant", "nope"], ["unknown variant 'nope'"]),

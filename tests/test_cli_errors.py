@@ -110,3 +110,28 @@ def test_the_largest_seed_works(tmp_path):
     r = runner.invoke(app, ["train", "--small", "--steps", "1", "-T", "5", "--eval-n", "0", "--n-samples", "1",
                             "--seed", str(MAX_SEED), "--out", str(tmp_path / "o"), "--json"])
     assert r.exit_code == 0, r.output
+
+
+HUGE = "99999999999999999999999"
+
+
+@pytest.mark.parametrize("args, expected", [
+    # each raised a numpy or scipy traceback ("Maximum allowed size exceeded", a gammaincinv TypeError)
+    (["check", "marginal", "--samples", HUGE], f"samples must be an integer from 1 to 10,000,000, got {HUGE}"),
+    (["check", "marginal", "--T", HUGE], f"T must be at most 100,000, got {HUGE}"),
+    (["schedule", "--no-plot", "--T", HUGE], f"T must be at most 100,000, got {HUGE}"),
+    (["audit", "--samples", HUGE], f"--samples must be an integer from 100 to 10,000,000, got {HUGE}"),
+    (["audit", "--samples", "99"], "--samples must be an integer from 100 to 10,000,000, got 99"),
+])
+def test_sizes_beyond_the_limits_are_one_line(args, expected):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert _one_error_line(r) == f"error: {expected}"
+
+
+def test_the_limits_themselves_are_allowed():
+    from ddpm_check.schedules import MAX_T, make_schedule
+    from ddpm_check.stats import MAX_SAMPLES, check_samples
+
+    assert make_schedule("linear", T=MAX_T).T == 100_000
+    assert check_samples(MAX_SAMPLES) == 10_000_000

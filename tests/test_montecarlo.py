@@ -162,7 +162,7 @@ def test_too_few_samples_is_refused_before_sampling():
 
 
 @pytest.mark.parametrize("kwargs, word", [
-    (dict(name="marginal", samples=0), "samples must be an integer >= 1, got 0"),
+    (dict(name="marginal", samples=0), "samples must be an integer from 1 to 10,000,000, got 0"),
     (dict(name="nope"), "unknown check 'nope'; valid names: marginal, posterior"),
     (dict(name="marginal", variant="nope"), "unknown variant 'nope' of check 'marginal'"),
     (dict(name="marginal", seed=-1), "seed must be an integer from 0 to 2\\*\\*63 - 1"),
