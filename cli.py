@@ -18,7 +18,7 @@ from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 
-from ddpm_check.errors import DDPMCheckError, check_seed
+from ddpm_check.errors import DDPMCheckError, check_seed, first_line
 
 app = typer.Typer(
     name="ddpm-check",
@@ -81,7 +81,7 @@ def _out_of_memory(exc: BaseException) -> str | None:
         return "MemoryError"
     text = str(exc)
     if isinstance(exc, RuntimeError) and any(m in text.lower() for m in _OOM_MARKERS):
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        first = first_line(exc)
         return first if len(first) <= 160 else first[:157] + "..."
     return None
 
@@ -108,6 +108,17 @@ def edge(func: F) -> F:
                        "--image-size or model") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _at_least(flag: str, value: int, minimum: int, why: str = "") -> None:
+    """DDPMCheckError naming ``flag`` unless ``value >= minimum`` (the CLI's own option checks)."""
+    if value < minimum:
+        raise DDPMCheckError(f"{flag} must be >= {minimum}{why}, got {value}")
+
+
+#: sample's and evaluate's --batch-size
+_SampleBatchSize = Annotated[int, typer.Option(
+    "--batch-size", help="Images sampled at once; lower it if memory runs out (the samples of a seed depend on it).")]
 
 
 def print_json(obj) -> None:
@@ -329,10 +340,9 @@ def train_command(
     t_start = _time.perf_counter()
     console = _console()
     for label, val in (("--n-samples", n_samples), ("--checkpoint-every", checkpoint_every), ("--eval-n", eval_n)):
-        if val < 0:
-            raise DDPMCheckError(f"{label} must be >= 0, got {val}")
-    if steps is not None and steps < 0:
-        raise DDPMCheckError(f"--steps must be >= 0, got {steps}")
+        _at_least(label, val, 0)
+    if steps is not None:
+        _at_least("--steps", steps, 0)
     dev = resolve_device(device)
 
     if resume is not None:
@@ -482,7 +492,7 @@ def sample_command(
     seed: Annotated[int, typer.Option(help="Seed of x_T and of every step's noise.")] = 0,
     npy: Annotated[bool, typer.Option("--npy", help="Also write the raw samples (n x C x H x W, float32, in about [-1, 1]) as samples.npy.")] = False,
     strip_rows: Annotated[int, typer.Option(help="Chains shown in reverse_process.png.")] = 4,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images sampled at once; lower it if memory runs out (the samples of a seed depend on it).")] = 500,
+    batch_size: _SampleBatchSize = 500,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
@@ -492,12 +502,9 @@ def sample_command(
     from ddpm_check.sample import load_sampler
 
     check_seed(seed, "--seed")
-    if n < 1:
-        raise DDPMCheckError(f"-n must be >= 1, got {n}")
-    if strip_rows < 1:
-        raise DDPMCheckError(f"--strip-rows must be >= 1, got {strip_rows}")
-    if batch_size < 1:
-        raise DDPMCheckError(f"--batch-size must be >= 1, got {batch_size}")
+    _at_least("-n", n, 1)
+    _at_least("--strip-rows", strip_rows, 1)
+    _at_least("--batch-size", batch_size, 1)
     sampler = load_sampler(checkpoint, device=device)
     out_dir = Path(out) if out is not None else sampler.path.parent / f"sample-seed{seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -527,7 +534,7 @@ def evaluate_command(
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint.safetensors file or a run folder (trained on digits).")],
     n: Annotated[int, typer.Option("-n", "--n", help="Number of samples to score.")] = 400,
     seed: Annotated[int, typer.Option(help="Seed of the samples and of the noise ceiling.")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images sampled at once; lower it if memory runs out (the samples of a seed depend on it).")] = 500,
+    batch_size: _SampleBatchSize = 500,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
@@ -536,10 +543,8 @@ def evaluate_command(
     from ddpm_check.sample import load_sampler, sample
 
     check_seed(seed, "--seed")
-    if n < 2:
-        raise DDPMCheckError(f"-n must be >= 2 for a Frechet distance, got {n}")
-    if batch_size < 1:
-        raise DDPMCheckError(f"--batch-size must be >= 1, got {batch_size}")
+    _at_least("-n", n, 2, " for a Frechet distance")
+    _at_least("--batch-size", batch_size, 1)
     sampler = load_sampler(checkpoint, device=device)
     if sampler.data_cfg.kind != "digits":
         raise DDPMCheckError(
@@ -698,8 +703,8 @@ def check(
     names = mc.resolve_names(name, network=network)
     if variant is not None and len(names) != 1:
         raise DDPMCheckError("--variant needs one check name, not 'all'")
-    if steps is not None and steps < 1:
-        raise DDPMCheckError(f"--steps must be >= 1, got {steps}")
+    if steps is not None:
+        _at_least("--steps", steps, 1)
     sched = _check_schedule(schedule, T, beta_start, beta_end)
     root = st.DEFAULT_ROOT_SEED if seed is None else seed
     options = {} if steps is None else {"steps": steps}

@@ -80,26 +80,11 @@ class Claim:
             "title": self.title,
             "source": self.source,
             "verdict": self.verdict,
-            "evidence": _jsonable(self.evidence),
+            "evidence": S.jsonable(self.evidence),
             "lines": list(self.lines),
             "explanation": self.explanation,
             "seconds": round(self.seconds, 3),
         }
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else str(f)
-    return v
 
 
 def _claim(id: str, title: str, source: str, verdict: str, evidence: dict, lines: Iterable[str],
@@ -162,6 +147,15 @@ def _check_summary(res) -> dict[str, Any]:
 def _check_line(summary: dict[str, Any]) -> str:
     return (f"Monte Carlo check {summary['check']}: {summary['tests'] - summary['failed']}/{summary['tests']} "
             f"tests pass (n = {summary['samples']}, worst statistic/threshold = {summary['worst_margin']:.2f})")
+
+
+def _cite_check(evidence: dict[str, Any], lines: list[str], name: str, seed: int, suffix: str = "",
+                **kwargs: Any):
+    """Run toolkit check ``name``, record it in ``evidence`` and ``lines``; returns its result."""
+    res = run_toolkit_check(name, seed=seed, **kwargs)
+    evidence["toolkit_check"] = _check_summary(res)
+    lines.append(_check_line(evidence["toolkit_check"]) + suffix)
+    return res
 
 
 def _derivation_steps(name: str, step_names: Sequence[str] = ()) -> dict[str, Any]:
@@ -305,9 +299,8 @@ def claim_forward_step(schedule: Schedule | None = None, index_shift: int = 1, t
     ]
     failed = (not all_zero) or (not numeric_ok) or (not mc.passed) or (not matches_display)
     if checks:
-        res = run_toolkit_check("marginal", variant="source_forward_index" if index_shift else None, seed=seed)
-        evidence["toolkit_check"] = _check_summary(res)
-        lines.append(_check_line(evidence["toolkit_check"]))
+        res = _cite_check(evidence, lines, "marginal", seed,
+                          variant="source_forward_index" if index_shift else None)
         failed |= not res.passed
     if failed:
         expl = ("With alpha_{t-1} in the step, x_t keeps sqrt(alpha_0 alpha_1...alpha_{t-1}) of x_0 and Var[x_t|x_0] = "
@@ -413,10 +406,8 @@ def claim_gaussian_merge(merged_variance: Any = None, checks: bool = True,
     ]
     ok = rule and expansion_ok and merged_ok and evidence["toolkit_derivation"]["verified"]
     if checks:
-        res = run_toolkit_check("marginal", seed=seed)
-        evidence["toolkit_check"] = _check_summary(res)
-        lines.append(_check_line(evidence["toolkit_check"]) + " (iterating the step merges noises at every t)")
-        ok &= res.passed
+        ok &= _cite_check(evidence, lines, "marginal", seed,
+                          " (iterating the step merges noises at every t)").passed
     expl = ("Independent Gaussians add their variances: alpha_t(1 - alpha_{t-1}) + (1 - alpha_t) = 1 - alpha_t alpha_{t-1}. "
             "(The source's sum of distributions N + N means the law of a sum of independent variables.)"
             if ok else f"The merged variance {mv} is not the variance of the two independent noises, 1 - alpha_t alpha_(t-1).")
@@ -476,10 +467,7 @@ def claim_closed_form(mean_coef: Any = None, variance: Any = None, schedule: Sch
     ]
     ok = sym_ok and ulps <= 4.0 * s.T and evidence["toolkit_derivation"]["verified"]
     if checks:
-        res = run_toolkit_check("marginal", seed=seed)
-        evidence["toolkit_check"] = _check_summary(res)
-        lines.append(_check_line(evidence["toolkit_check"]))
-        ok &= res.passed
+        ok &= _cite_check(evidence, lines, "marginal", seed).passed
     expl = ("By induction with alpha_bar_t = alpha_t alpha_bar_{t-1} (and explicitly for t = 1..5), t steps of "
             "x_t = sqrt(alpha_t) x_{t-1} + sqrt(1 - alpha_t) z merge into (*) (Ho et al. eq. 4)."
             if ok else f"(*) with mean coefficient {mc_} and variance {var_} is not the law of the unrolled steps.")
@@ -607,10 +595,7 @@ def claim_posterior(mu: Any = None, sigma2_completed_square: Any = None, sigma2:
         + ("verified" if evidence["toolkit_derivation"]["verified"] else "NOT verified"),
     ]
     if checks:
-        r = run_toolkit_check("posterior", seed=seed)
-        evidence["toolkit_check"] = _check_summary(r)
-        lines.append(_check_line(evidence["toolkit_check"]))
-        ok &= r.passed
+        ok &= _cite_check(evidence, lines, "posterior", seed).passed
     expl = ("Completing the square in x_{t-1} gives these (Ho et al. eq. 7); the source's two forms of sigma^2 agree. "
             "The source names them mu_tilde_{t-1}, sigma^2_{t-1} (the mean and variance of x_{t-1}); the paper "
             "writes mu_tilde_t, beta_tilde_t for the same quantities." if ok else
@@ -662,10 +647,7 @@ def claim_sampling_step(mu_eps: Any = None, sampling_step: Any = None, schedule:
         + ("verified" if evidence["toolkit_derivation"]["verified"] else "NOT verified"),
     ]
     if checks:
-        r = run_toolkit_check("mean-eps", seed=seed)
-        evidence["toolkit_check"] = _check_summary(r)
-        lines.append(_check_line(evidence["toolkit_check"]))
-        ok &= r.passed
+        ok &= _cite_check(evidence, lines, "mean-eps", seed).passed
     expl = ("Substituting x_0 = (x_t - sqrt(1-alpha_bar_t) z_t)/sqrt(alpha_bar_t) into mu gives the eps form "
             "(Ho et al. eq. 11); the boxed step is Algorithm 2, line 4. At t = 1, beta_tilde_1 = 0: no noise."
             if ok else "The formula as given differs from the derived eps form / sampling step.")

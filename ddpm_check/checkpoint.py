@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from ddpm_check.errors import DDPMCheckError
+from ddpm_check.errors import DDPMCheckError, first_line
 from ddpm_check.schedules import MAX_T  # diffusion steps: the schedules' own limit
 
 FORMAT = "ddpm-check/checkpoint-1"
@@ -131,8 +131,7 @@ def load(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     except OSError as exc:
         raise DDPMCheckError(f"cannot read checkpoint {str(f)!r}: {exc.strerror or exc}") from None
     except (SafetensorError, ValueError, UnicodeDecodeError, RuntimeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise unreadable(first) from None
+        raise unreadable(first_line(exc)) from None
     text = (header.get("__metadata__") or {}).get(META_KEY) if isinstance(header, dict) else None
     if text is None:
         raise DDPMCheckError(f"checkpoint {str(f)!r} is a safetensors file but not a ddpm-check checkpoint (no {META_KEY!r} metadata)")

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from ddpm_check.errors import DDPMCheckError
+from ddpm_check.errors import DDPMCheckError, first_line
 from ddpm_check.schedules import Schedule
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -232,7 +232,7 @@ class GaussianDiffusion:
             except RuntimeError as exc:  # capture refused (e.g. a model that syncs with the host)
                 import warnings
 
-                warnings.warn(f"CUDA graph sampling unavailable ({str(exc).splitlines()[0]}); sampling eagerly")
+                warnings.warn(f"CUDA graph sampling unavailable ({first_line(exc)}); sampling eagerly")
             else:
                 return out if keep is not None else out[0]
         n, nd = shape[0], len(shape)

@@ -22,3 +22,13 @@ def check_seed(seed, name: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
         raise DDPMCheckError(f"{name} must be an integer from 0 to 2**63 - 1, got {seed!r}")
     return int(seed)
+
+
+def first_line(exc: BaseException, typed: bool = False) -> str:
+    """The first line of ``exc``'s message (prefixed by its type name if ``typed``), or the type
+    name alone when the message is empty: what a one-line report of a caught error shows."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0]
+    return f"{type(exc).__name__}: {line}" if typed else line

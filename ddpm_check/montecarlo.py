@@ -59,16 +59,6 @@ ROLE_TEST = "test"
 ROLE_DIAGNOSTIC = "diagnostic"
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # "inf" / "nan": strict JSON has no Infinity
-    if isinstance(v, (np.floating,)):
-        return _jsonable(float(v))
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    return v
-
-
 @dataclass(frozen=True)
 class CheckRow:
     """One test statistic of a check.
@@ -121,9 +111,9 @@ class CheckRow:
         return "info" if self.passed else "finding"
 
     def to_dict(self) -> dict:
-        d = {k: _jsonable(v) for k, v in dataclasses.asdict(self).items()}
+        d = {k: S.jsonable(v) for k, v in dataclasses.asdict(self).items()}
         d["verdict"] = self.verdict
-        d["margin"] = _jsonable(self.margin)
+        d["margin"] = S.jsonable(self.margin)
         return d
 
 
@@ -263,16 +253,16 @@ def _build_variants() -> dict[str, dict[str, Variant]]:
     marginal = [
         V("one_minus_alpha_for_one_minus_alpha_bar",
           "Var x_t = 1 - alpha_t instead of 1 - alpha_bar_t",
-          results=lambda n, r: _edit("marginal", ["x_t_variance"],
-                                     lambda e: e.subs(_sym().alpha_bar_t, _sym().alpha_t))(n, r)),
+          results=_edit("marginal", ["x_t_variance"],
+                        lambda e: e.subs(_sym().alpha_bar_t, _sym().alpha_t))),
         V("alpha_bar_for_sqrt_alpha_bar",
           "E x_t = alpha_bar_t x_0 instead of sqrt(alpha_bar_t) x_0",
-          results=lambda n, r: _edit("marginal", ["x_t_mean_coef"],
-                                     lambda e: _half_powers_to_full(e, _sym().alpha_bar_t))(n, r)),
+          results=_edit("marginal", ["x_t_mean_coef"],
+                        lambda e: _half_powers_to_full(e, _sym().alpha_bar_t))),
         V("alpha_bar_off_by_one",
           "alpha_bar_{t-1} where alpha_bar_t belongs (mean and variance)",
-          results=lambda n, r: _edit("marginal", ["x_t_mean_coef", "x_t_variance"],
-                                     lambda e: e.subs(_sym().alpha_bar_t, _sym().alpha_bar_tm1))(n, r)),
+          results=_edit("marginal", ["x_t_mean_coef", "x_t_variance"],
+                        lambda e: e.subs(_sym().alpha_bar_t, _sym().alpha_bar_tm1))),
         V("source_forward_index",
           "the source's forward step x_t = sqrt(alpha_{t-1}) x_{t-1} + sqrt(1 - alpha_{t-1}) z "
           "(its index erratum) in the simulation",
@@ -284,22 +274,22 @@ def _build_variants() -> dict[str, dict[str, Variant]]:
     posterior = [
         V("beta_for_beta_tilde",
           "beta_tilde_t replaced by beta_t (derivation and schedule array)",
-          results=lambda n, r: _edit("posterior", ["posterior_variance"], lambda e: _sym().beta_t)(n, r),
+          results=_edit("posterior", ["posterior_variance"], lambda e: _sym().beta_t),
           schedule=lambda s: _replace(s, posterior_variance=s.betas)),
         V("alpha_for_sqrt_alpha",
           "coef1 with alpha_t where sqrt(alpha_t) belongs (derivation and schedule array)",
-          results=lambda n, r: _edit("posterior", ["posterior_mean_coef1"],
-                                     lambda e: _half_powers_to_full(e, _sym().alpha_t))(n, r),
+          results=_edit("posterior", ["posterior_mean_coef1"],
+                        lambda e: _half_powers_to_full(e, _sym().alpha_t)),
           schedule=lambda s: _replace(s, posterior_mean_coef1=s.posterior_mean_coef1 * np.sqrt(s.alphas))),
         V("alpha_bar_for_sqrt_alpha_bar",
           "coef2 with alpha_bar_{t-1} where sqrt(alpha_bar_{t-1}) belongs",
-          results=lambda n, r: _edit("posterior", ["posterior_mean_coef2"],
-                                     lambda e: _half_powers_to_full(e, _sym().alpha_bar_tm1))(n, r),
+          results=_edit("posterior", ["posterior_mean_coef2"],
+                        lambda e: _half_powers_to_full(e, _sym().alpha_bar_tm1)),
           schedule=lambda s: _replace(s, posterior_mean_coef2=s.posterior_mean_coef2 * np.sqrt(s.alphas_cumprod_prev))),
         V("one_minus_alpha_for_one_minus_alpha_bar",
           "1 - alpha_t where 1 - alpha_bar_t belongs (coefficients and variance)",
-          results=lambda n, r: _edit("posterior", ["posterior_mean_coef1", "posterior_mean_coef2", "posterior_variance"],
-                                     lambda e: e.subs(_sym().alpha_bar_t, _sym().alpha_t))(n, r),
+          results=_edit("posterior", ["posterior_mean_coef1", "posterior_mean_coef2", "posterior_variance"],
+                        lambda e: e.subs(_sym().alpha_bar_t, _sym().alpha_t)),
           schedule=_sched_posterior_with_one_minus_alpha),
         V("index_off_by_one",
           "every array read at step t - 1 (the 0-based / 1-based index confusion)",
@@ -315,19 +305,19 @@ def _build_variants() -> dict[str, dict[str, Variant]]:
     mean_eps = [
         V("alpha_for_sqrt_alpha",
           "mu_tilde_t(eps) divided by alpha_t instead of sqrt(alpha_t)",
-          results=lambda n, r: _edit("mean-eps", ["mu_tilde_t_eps"],
-                                     lambda e: _half_powers_to_full(e, _sym().alpha_t))(n, r)),
+          results=_edit("mean-eps", ["mu_tilde_t_eps"],
+                        lambda e: _half_powers_to_full(e, _sym().alpha_t))),
         V("one_minus_alpha_for_one_minus_alpha_bar",
           "mu_tilde_t(eps) with sqrt(1 - alpha_t) where sqrt(1 - alpha_bar_t) belongs",
-          results=lambda n, r: _edit("mean-eps", ["mu_tilde_t_eps"],
-                                     lambda e: e.subs(_sym().alpha_bar_t, _sym().alpha_t))(n, r)),
+          results=_edit("mean-eps", ["mu_tilde_t_eps"],
+                        lambda e: e.subs(_sym().alpha_bar_t, _sym().alpha_t))),
         V("beta_for_beta_tilde",
           "the reverse variance beta_t expected where beta_tilde_t belongs",
-          results=lambda n, r: _edit("mean-eps", ["posterior_variance"], lambda e: _sym().beta_t)(n, r)),
+          results=_edit("mean-eps", ["posterior_variance"], lambda e: _sym().beta_t)),
         V("alpha_bar_off_by_one",
           "mu_tilde_t(eps) with alpha_bar_{t-1} where alpha_bar_t belongs",
-          results=lambda n, r: _edit("mean-eps", ["mu_tilde_t_eps"],
-                                     lambda e: e.subs(_sym().alpha_bar_t, _sym().alpha_bar_tm1))(n, r)),
+          results=_edit("mean-eps", ["mu_tilde_t_eps"],
+                        lambda e: e.subs(_sym().alpha_bar_t, _sym().alpha_bar_tm1))),
         V("code_eps_coef_sqrt_beta",
           "code bug only: the sampler's schedule has sqrt(1 - alpha_t) for sqrt(1 - alpha_bar_t) "
           "(eps coefficient becomes sqrt(beta_t))",

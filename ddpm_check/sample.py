@@ -26,7 +26,7 @@ import torch
 from ddpm_check import checkpoint as ckpt
 from ddpm_check.data import DataConfig
 from ddpm_check.diffusion import GaussianDiffusion
-from ddpm_check.errors import DDPMCheckError, check_seed
+from ddpm_check.errors import DDPMCheckError, check_seed, first_line
 from ddpm_check.schedules import Schedule, ScheduleConfig
 from ddpm_check.train import autocast_model, configure_cuda, load_checkpoint, resolve_device
 from ddpm_check.unet import SimpleUnet, UNetConfig
@@ -70,8 +70,7 @@ class Sampler:
                 fast(torch.zeros(shape, device=self.device),
                      torch.zeros(shape[0], dtype=torch.long, device=self.device))
         except Exception as exc:  # no compiler, an unsupported Python, ...
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            warnings.warn(f"torch.compile unavailable ({type(exc).__name__}: {first}); sampling eagerly")
+            warnings.warn(f"torch.compile unavailable ({first_line(exc, typed=True)}); sampling eagerly")
             return eager
         return fast
 
@@ -93,7 +92,7 @@ def load_sampler(path: str | Path, device: str = "auto") -> Sampler:
         model.load_state_dict(ckpt.prefixed(tensors, "ema"), strict=True)
     except RuntimeError as exc:
         raise DDPMCheckError(
-            f"checkpoint {str(path)!r}: EMA weights do not match the model configuration ({str(exc).splitlines()[0]})"
+            f"checkpoint {str(path)!r}: EMA weights do not match the model configuration ({first_line(exc)})"
         ) from None
     model = model.to(dev, memory_format=torch.channels_last).eval()  # the fast conv layout, CPU too
     sched = Schedule.from_config(cfgs["schedule"])

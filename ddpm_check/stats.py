@@ -51,7 +51,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy import stats as _st
 
-from ddpm_check.errors import DDPMCheckError
+from ddpm_check.errors import DDPMCheckError, check_seed
 
 # ---- declared error rates --------------------------------------------------------------------
 ALPHA_FW: float = 1e-4
@@ -369,9 +369,24 @@ def _name_words(name: str) -> tuple[int, ...]:
 
 def seed_sequence_for(name: str, root_seed: int = DEFAULT_ROOT_SEED) -> np.random.SeedSequence:
     """SeedSequence(root_seed) spawned by the check's name (SHA-256 words as the spawn key)."""
-    if int(root_seed) < 0:
-        raise ValueError(f"root seed must be >= 0, got {root_seed}")
-    return np.random.SeedSequence(entropy=int(root_seed), spawn_key=_name_words(name))
+    return np.random.SeedSequence(entropy=check_seed(root_seed, "root seed"), spawn_key=_name_words(name))
+
+
+def jsonable(v: Any) -> Any:
+    """``v`` with numpy scalars as Python ones, non-finite floats as "inf"/"nan" strings (strict
+    JSON has no Infinity) and dicts, lists and tuples converted throughout."""
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if math.isfinite(f) else str(f)
+    return v
 
 
 #: The most Monte Carlo samples a check or the audit takes: memory and time grow with it (check

@@ -51,7 +51,7 @@ import torch
 from ddpm_check import checkpoint as ckpt
 from ddpm_check.data import DataConfig, ImageData, load_data
 from ddpm_check.diffusion import LOSS_KINDS, GaussianDiffusion
-from ddpm_check.errors import DDPMCheckError, check_seed
+from ddpm_check.errors import DDPMCheckError, check_seed, first_line
 from ddpm_check.schedules import Schedule, ScheduleConfig
 from ddpm_check.unet import SimpleUnet, UNetConfig
 
@@ -155,11 +155,6 @@ def _adam(params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, ValueError, TypeError):  # e.g. fused Adam on CPU before torch 2.4
         return torch.optim.Adam(params, lr=lr)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 class _StepBoundaryInterrupt:
@@ -303,7 +298,7 @@ class Trainer:
                 self._eps = autocast_model(torch.compile(net), self.device, enabled=self._amp)
                 self._compile_pending = True  # compiling happens at the first step
             except Exception as exc:  # torch.compile itself refuses (e.g. an unsupported Python)
-                self.compile_error = _first_line(exc)
+                self.compile_error = first_line(exc, typed=True)
                 warnings.warn(f"torch.compile is unavailable ({self.compile_error}); training in eager mode")
 
     @property
@@ -367,7 +362,7 @@ class Trainer:
             except DDPMCheckError:
                 raise
             except Exception as exc:  # compiling failed: the same step again, eagerly
-                self.compile_error = _first_line(exc)
+                self.compile_error = first_line(exc, typed=True)
                 warnings.warn(f"torch.compile failed ({self.compile_error}); training in eager mode")
                 with torch.no_grad():
                     for b, s in zip(self.model.buffers(), saved):
@@ -528,8 +523,7 @@ class Trainer:
             step = int(meta["step"])
             history = tensors["loss_history"].tolist()
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DDPMCheckError(f"{source} cannot be resumed: {first}") from None
+            raise DDPMCheckError(f"{source} cannot be resumed: {first_line(exc)}") from None
         if step < 0 or len(history) != step:
             raise DDPMCheckError(f"{source} is inconsistent: step {step} but {len(history)} recorded losses")
         self.step, self.loss_history = step, history
