@@ -66,9 +66,12 @@ class Sampler:
         try:
             fast = autocast_model(torch.compile(self.model), self.device)
             shape = probe_shape or (1, *self.shape)
+            # The probe's t has the layout the sampling loops pass: one step index expanded to
+            # [N] (stride 0).  A contiguous t would compile a graph the loops then cannot use
+            # (dynamo guards on strides), and the first step would compile a second one.
+            t = torch.zeros(1, dtype=torch.long, device=self.device).expand(shape[0])
             with torch.no_grad():
-                fast(torch.zeros(shape, device=self.device),
-                     torch.zeros(shape[0], dtype=torch.long, device=self.device))
+                fast(torch.zeros(shape, device=self.device), t)
         except Exception as exc:  # no compiler, an unsupported Python, ...
             warnings.warn(f"torch.compile unavailable ({first_line(exc, typed=True)}); sampling eagerly")
             return eager

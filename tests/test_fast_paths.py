@@ -171,3 +171,43 @@ def test_real_compiled_sampling_on_cpu_matches_eager():
 
     s = _sampler()
     torch.testing.assert_close(sample(s, 3, seed=2, compile=True), sample(s, 3, seed=2), rtol=1e-3, atol=1e-3)
+
+
+def _count_compiles(monkeypatch):
+    """torch.compile with dynamo's tracing but no code generation (fast): returns a function that
+    says how many graphs dynamo has compiled since."""
+    from torch._dynamo.utils import counters
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend="eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    return lambda: counters["frames"]["ok"]
+
+
+def test_compiled_sampling_compiles_once(monkeypatch):
+    # eps_model's probe call must use the loops' input layout (t: one index expanded to [N],
+    # stride 0); a contiguous probe t made every sampling run compile the network twice.
+    from ddpm_check.sample import sample
+
+    compiles = _count_compiles(monkeypatch)
+    s = _sampler()
+    eps = s.eps_model(compile=True, probe_shape=(3, *s.shape))
+    assert compiles() == 1
+    with torch.no_grad():
+        s.diffusion.p_sample_loop(eps, (3, *s.shape), generator=torch.Generator().manual_seed(0))
+        x_T = torch.randn(3, *s.shape)
+        s.diffusion._p_sample_loop_graphed(eps, x_T, torch.Generator().manual_seed(0), None, None,
+                                           capture_graph=False)  # the CUDA-graph loop's step
+    assert compiles() == 1
+    torch._dynamo.reset()
+    sample(s, 5, seed=1, batch_size=5, compile=True)
+    assert compiles() == 2  # one more for the new sampler's probe, none inside the loop
+
+
+def test_compiled_training_compiles_once(monkeypatch):
+    compiles = _count_compiles(monkeypatch)
+    tr = _trainer(compile=True)
+    tr.run(until=2)
+    tr.run(until=3)
+    assert tr.compiled and compiles() == 1
