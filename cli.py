@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
@@ -89,12 +90,15 @@ def _out_of_memory(exc: BaseException) -> str | None:
 def edge(func: F) -> F:
     """Turn a DDPMCheckError raised below a command into one red line and exit code 2; so too
     what the user can act on without a traceback: the file system refusing a path, and running
-    out of memory."""
+    out of memory.  The library's warning that torch.compile fell back to eager mode is
+    silenced: the commands say so themselves, in one line (and in --json as compile_error)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"torch\.compile ", category=UserWarning)
+                return func(*args, **kwargs)
         except DDPMCheckError as exc:
             raise fail(str(exc)) from None
         except OSError as exc:  # the file system refused: a path that cannot be made, read or written
@@ -272,23 +276,41 @@ def _render_score(console, score: dict) -> None:
 
 
 def _sample_pictures(sampler, n_images: int, n_grid: int, strip_rows: int, seed: int, out,
-                     console, quiet: bool, prefix: str = "", batch_size: int = 500):
+                     console, quiet: bool, prefix: str = "", batch_size: int = 500, compile: bool = False):
     """Sample once; write samples.png (first n_grid) and reverse_process.png (first strip_rows)."""
     from ddpm_check.sample import sample_with_strip, save_grid, save_reverse_strip
 
     if quiet:
         x, ts, frames = sample_with_strip(sampler, n_images, seed=seed, strip_rows=strip_rows,
-                                          batch_size=batch_size)
+                                          batch_size=batch_size, compile=compile)
     else:
         bar, task = _sampling_bar(console, f"sampling {n_images} images")
         with bar:
             x, ts, frames = sample_with_strip(
                 sampler, n_images, seed=seed, strip_rows=strip_rows, batch_size=batch_size,
-                progress=lambda k, tot: bar.update(task, completed=k, total=tot))
+                progress=lambda k, tot: bar.update(task, completed=k, total=tot), compile=compile)
+    _compile_fallback_line(console, quiet, compile, sampler.compile_error, "sampled")
     grid = save_grid(x[:n_grid], out / f"{prefix}samples.png",
                      title=f"{min(n_grid, len(x))} samples, step {sampler.step}, seed {seed}")
     strip = save_reverse_strip(ts, frames, out / f"{prefix}reverse_process.png")
     return x, grid, strip
+
+
+def _compile_fallback_line(console, quiet: bool, asked: bool, error: str | None, done: str) -> None:
+    """One yellow line when --compile was asked for but torch.compile fell back to eager mode."""
+    if asked and error and not quiet:
+        console.print(f"[yellow]torch.compile unavailable ({_esc(error)}); {done} in eager mode[/yellow]",
+                      soft_wrap=True)
+
+
+def _compile_summary(asked: bool, error: str | None) -> dict:
+    """--json's "compiled" (asked for and it worked) and "compile_error" (why not)."""
+    return {"compiled": bool(asked) and error is None, "compile_error": error if asked else None}
+
+
+#: --compile of sample and evaluate
+_SampleCompile = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the network (faster for many images, mainly on a GPU; compiling takes seconds to a minute first; falls back to eager if unavailable).")]
 
 
 @app.command("train")
@@ -433,9 +455,7 @@ def train_command(
     trainer.close()  # leave the process group: sampling and scoring below are rank 0's alone
     if not main_rank:
         return
-    if compile_ and trainer.compile_error and not as_json:
-        console.print(f"[yellow]torch.compile unavailable ({_esc(trainer.compile_error)}); trained in eager mode[/yellow]",
-                      soft_wrap=True)
+    _compile_fallback_line(console, as_json, compile_, trainer.compile_error, "trained")
 
     sampler = sampler_from_modules(trainer.ema, trainer.schedule, trainer.data_cfg, trainer.device,
                                    trainer.step, trainer.loss_history)
@@ -462,7 +482,7 @@ def train_command(
         "parameters": n_params,
         "device": trainer.device.type,
         "processes": trainer.dist.world_size,
-        "compiled": bool(compile_) and trainer.compile_error is None,
+        **_compile_summary(compile_, trainer.compile_error),
         "train_seconds": round(train_s, 2),
         "images_per_second": None if last_ips[0] != last_ips[0] else round(last_ips[0], 1),
         "total_seconds": round(_time.perf_counter() - t_start, 2),
@@ -493,6 +513,7 @@ def sample_command(
     npy: Annotated[bool, typer.Option("--npy", help="Also write the raw samples (n x C x H x W, float32, in about [-1, 1]) as samples.npy.")] = False,
     strip_rows: Annotated[int, typer.Option(help="Chains shown in reverse_process.png.")] = 4,
     batch_size: _SampleBatchSize = 500,
+    compile_: _SampleCompile = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
@@ -510,11 +531,12 @@ def sample_command(
     out_dir.mkdir(parents=True, exist_ok=True)
     console = _console()
     x, grid, strip = _sample_pictures(sampler, n, n, min(strip_rows, n), seed, out_dir, console, as_json,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size, compile=compile_)
     summary = {"checkpoint": str(sampler.path), "step": sampler.step, "n": n, "seed": seed,
                "shape": list(x.shape), "samples_png": str(grid), "reverse_process_png": str(strip),
                "npy": None, "mean": float(x.mean()), "std": float(x.std()),
-               "fraction_outside_unit": float((x.abs() > 1).float().mean())}
+               "fraction_outside_unit": float((x.abs() > 1).float().mean()),
+               **_compile_summary(compile_, sampler.compile_error)}
     if npy:
         np.save(out_dir / "samples.npy", x.numpy())
         summary["npy"] = str(out_dir / "samples.npy")
@@ -535,6 +557,7 @@ def evaluate_command(
     n: Annotated[int, typer.Option("-n", "--n", help="Number of samples to score.")] = 400,
     seed: Annotated[int, typer.Option(help="Seed of the samples and of the noise ceiling.")] = 0,
     batch_size: _SampleBatchSize = 500,
+    compile_: _SampleCompile = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ) -> None:
@@ -553,14 +576,16 @@ def evaluate_command(
         )
     console = _console()
     if as_json:
-        x = sample(sampler, n, seed=seed, batch_size=batch_size)
+        x = sample(sampler, n, seed=seed, batch_size=batch_size, compile=compile_)
     else:
         bar, task = _sampling_bar(console, f"sampling {n} images")
         with bar:
-            x = sample(sampler, n, seed=seed, batch_size=batch_size,
+            x = sample(sampler, n, seed=seed, batch_size=batch_size, compile=compile_,
                        progress=lambda k, tot: bar.update(task, completed=k, total=tot))
+    _compile_fallback_line(console, as_json, compile_, sampler.compile_error, "sampled")
     score = evaluate_digits(x, seed=seed).to_dict()
-    score.update(checkpoint=str(sampler.path), step=sampler.step, seed=seed)
+    score.update(checkpoint=str(sampler.path), step=sampler.step, seed=seed,
+                 **_compile_summary(compile_, sampler.compile_error))
     if as_json:
         print_json(score)
         return

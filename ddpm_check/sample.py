@@ -45,6 +45,7 @@ class Sampler:
     loss_history: list[float]
     device: torch.device
     path: Path | None = None
+    compile_error: str | None = None  # why the last eps_model(compile=True) fell back to eager
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -56,9 +57,11 @@ class Sampler:
         """eps_theta(x_t, t) of the EMA model (bf16 autocast on CUDA).
 
         ``compile``: through ``torch.compile``, tried at once on a batch of ``probe_shape``
-        [N, C, H, W]; if compiling fails, a warning and the eager model.
+        [N, C, H, W]; if compiling fails, a warning, ``compile_error`` says why, and the eager
+        model.
         """
         eager = autocast_model(self.model, self.device)
+        self.compile_error = None
         if not compile:
             return eager
         import warnings
@@ -73,7 +76,8 @@ class Sampler:
             with torch.no_grad():
                 fast(torch.zeros(shape, device=self.device), t)
         except Exception as exc:  # no compiler, an unsupported Python, ...
-            warnings.warn(f"torch.compile unavailable ({first_line(exc, typed=True)}); sampling eagerly")
+            self.compile_error = first_line(exc, typed=True)
+            warnings.warn(f"torch.compile unavailable ({self.compile_error}); sampling eagerly")
             return eager
         return fast
 
