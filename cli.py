@@ -880,6 +880,10 @@ def _render_schedules(diags, plot_path) -> None:
 _AUDIT_STYLE = {"holds": "bold green", "erratum": "bold red", "caveat": "bold yellow"}
 
 
+#: what `audit` audits, as the user knows it (the blog post the project starts from)
+_AUDITED = "the blog post \"Diffusion Model Study\" (2023-03-07)"
+
+
 @app.command("audit")
 @edge
 def audit_command(
@@ -916,7 +920,7 @@ def audit_command(
     elapsed = _time.perf_counter() - t0
     counts = A.summary(claims)
     if as_json:
-        print_json({"source": "seed/diffusion-model-study.md", "samples": samples, "seed": seed,
+        print_json({"source": _AUDITED, "samples": samples, "seed": seed,
                     "summary": counts, "seconds": round(elapsed, 2), "claims": [c.to_dict() for c in claims]})
         return
     _render_audit(claims, counts, elapsed)
@@ -937,7 +941,8 @@ def _render_audit(claims, counts, elapsed: float) -> None:
             console.print(Padding(Text("- " + line), (0, 0, 0, 4), expand=False))
         console.print(Padding(Text("=> " + c.explanation), (0, 0, 0, 4), expand=False))
         console.print()
-    tab = Table(title="audit of seed/diffusion-model-study.md", title_justify="left")
+    console.print(f"audit of {escape(_AUDITED)}", soft_wrap=True)  # above the table: its width would wrap it
+    tab = Table()
     tab.add_column("#", justify="right")
     tab.add_column("claim")
     tab.add_column("verdict")
@@ -946,6 +951,7 @@ def _render_audit(claims, counts, elapsed: float) -> None:
         style = _AUDIT_STYLE[c.verdict]
         tab.add_row(str(k), escape(c.id), f"[{style}]{c.verdict}[/{style}]", f"{c.seconds:.1f}")
     console.print(tab)
+
     def n_of(k: int, one: str, many: str) -> str:
         return f"{k} {one if k == 1 else many}"
 
