@@ -323,7 +323,7 @@ def train_command(
     channels: Annotated[Optional[int], typer.Option(help="Image channels: 1 (grey) or 3 (RGB); the digits are 1.")] = None,
     model: Annotated[Optional[str], typer.Option(help="SimpleUnet size: 'small' (32,64,128) or 'full' (the source's 64..1024, 62M params at 3 channels).")] = None,
     channels_list: Annotated[Optional[str], typer.Option(help="Custom SimpleUnet down channels, e.g. 64,128,256,512,1024 (overrides --model).")] = None,
-    timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", help="Number of diffusion steps T (preset 300, as the source).")] = None,
+    timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", "--T", help="Number of diffusion steps T (preset 300, as the source).")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="Beta schedule: linear (1e-4 .. 0.02, the source) or cosine.")] = None,
     beta_start: Annotated[float, typer.Option(help="First beta of the linear schedule.")] = 1e-4,
     beta_end: Annotated[float, typer.Option(help="Last beta of the linear schedule.")] = 0.02,
@@ -707,7 +707,7 @@ def check(
     schedule: Annotated[
         Optional[str], typer.Option("--schedule", help="Check another schedule: linear or cosine.")
     ] = None,
-    T: Annotated[Optional[int], typer.Option("--T", help="Number of steps T of that schedule (default 300).")] = None,
+    T: Annotated[Optional[int], typer.Option("--T", "-T", "--timesteps", help="Number of steps T of that schedule (default 300).")] = None,
     beta_start: Annotated[Optional[float], typer.Option("--beta-start", help="Linear schedule: beta_1.")] = None,
     beta_end: Annotated[Optional[float], typer.Option("--beta-end", help="Linear schedule: beta_T.")] = None,
     network: Annotated[
@@ -794,7 +794,7 @@ Several, to compare: --spec KIND:T[:BETA_START:BETA_END], repeated or comma-sepa
 @app.command("schedule", help=_SCHEDULE_HELP)
 @edge
 def schedule_command(
-    T: Annotated[Optional[int], typer.Option("--T", "-T", help="Number of diffusion steps (default 300).", show_default=False)] = None,
+    T: Annotated[Optional[int], typer.Option("--T", "-T", "--timesteps", help="Number of diffusion steps (default 300).", show_default=False)] = None,
     kind: Annotated[Optional[str], typer.Option(help="linear or cosine (default linear).", show_default=False)] = None,
     beta_start: Annotated[Optional[float], typer.Option(help="First beta of a linear schedule (default 1e-4).", show_default=False)] = None,
     beta_end: Annotated[Optional[float], typer.Option(help="Last beta of a linear schedule (default 0.02).", show_default=False)] = None,
