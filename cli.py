@@ -262,6 +262,8 @@ def _sampling_bar(console, label: str):
 def _render_score(console, score: dict) -> None:
     from rich.table import Table
 
+    from ddpm_check.metrics import HIDDEN as n_features  # below it every covariance is rank-deficient
+
     tab = Table(title=f"digits quality, n = {score['n']} (Frechet distance, classifier features)",
                 title_justify="left")
     tab.add_column("images")
@@ -271,8 +273,15 @@ def _render_score(console, score: dict) -> None:
     tab.add_row("real digits (floor)", f"{score['fd_floor']:.3f}", f"{score['confidence_real']:.3f}")
     tab.add_row("noise (ceiling)", f"{score['fd_ceiling']:.3f}", f"{score['confidence_noise']:.3f}")
     console.print(tab)
-    console.print(f"relative = (FD - floor)/(ceiling - floor) = {score['relative']:.3f}  "
-                  f"(0: like real digits, 1: like noise)", soft_wrap=True)
+    if score["relative"] is None:
+        console.print(f"relative: undefined, the noise ceiling is not above the real-digit floor at n = {score['n']}",
+                      soft_wrap=True)
+    else:
+        console.print(f"relative = (FD - floor)/(ceiling - floor) = {score['relative']:.3f}  "
+                      f"(0: like real digits, 1: like noise)", soft_wrap=True)
+    if score["n"] < n_features:
+        console.print(f"[yellow]n = {score['n']} is below the {n_features} classifier features: every FD here is "
+                      f"rough (use -n 400, the default, or more)[/yellow]", soft_wrap=True)
 
 
 def _sample_pictures(sampler, n_images: int, n_grid: int, strip_rows: int, seed: int, out,

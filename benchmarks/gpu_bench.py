@@ -376,7 +376,7 @@ def sec_quality(b: Bench, res: dict) -> None:
                         "fd_floor": s.fd_floor, "fd_ceiling": s.fd_ceiling, "sample_seconds": round(dt, 3)}
         scores[name + "_x"] = x
         log(f"  digits metric {name}: FD {s.fd_samples:.3f} (floor {s.fd_floor:.3f}, ceiling {s.fd_ceiling:.3f}), "
-            f"relative {s.relative:.3f}")
+            f"relative {num(s.relative, '{:.3f}')}")
     xa, xb = scores.pop("fp32_eager_x"), scores.pop("bf16_graph_x")
     scores["sample_rms_difference"] = float((xa - xb).square().mean().sqrt())
     res["digits"] = scores
@@ -816,7 +816,8 @@ def markdown(results: dict, command: str) -> str:
             a, c = d["fp32_eager"], d["bf16_graph"]
             lines.append(f"| digits FD, {get('env', 'setup', 'q_n')} samples, seed 0 (floor {a['fd_floor']:.3f}, "
                          f"ceiling {a['fd_ceiling']:.3f}) | {a['fd']:.3f} | {c['fd']:.3f} |")
-            lines.append(f"| relative (FD - floor)/(ceiling - floor) | {a['relative']:.3f} | {c['relative']:.3f} |")
+            lines.append(f"| relative (FD - floor)/(ceiling - floor) | {num(a['relative'], '{:.3f}')} | "
+                         f"{num(c['relative'], '{:.3f}')} |")
         lines.append(f"\neps-MSE relative difference {e['relative_difference']:.2e}; bf16 vs fp32 predictions: "
                      f"relative MSE {e['prediction_rel_mse']:.2e}.")
     errs = [f"- {k}: {v.get('error') or v.get('skipped')}" for k, v in S.items()

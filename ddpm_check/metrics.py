@@ -142,9 +142,16 @@ class DigitsScore:
     n_floor: int
 
     @property
-    def relative(self) -> float:
-        """(FD - floor) / (ceiling - floor): 0 = as good as real digits, 1 = as bad as noise."""
-        return (self.fd_samples - self.fd_floor) / max(self.fd_ceiling - self.fd_floor, 1e-12)
+    def relative(self) -> float | None:
+        """(FD - floor) / (ceiling - floor): 0 = as good as real digits, 1 = as bad as noise.
+
+        None where the noise ceiling is not above the real-digit floor: then the scale has no
+        length (it happens for very small n, where every FD is mostly its small-sample bias).
+        """
+        span = self.fd_ceiling - self.fd_floor
+        if not span > 0:
+            return None
+        return (self.fd_samples - self.fd_floor) / span
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -85,3 +85,43 @@ def test_nan_samples_refused():
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(DDPMCheckError, match="NaN"):
         evaluate_digits(x)
+
+
+def test_relative_is_undefined_when_the_ceiling_is_not_above_the_floor():
+    # at very small n the noise FD can fall below the real-digit FD; the scale (ceiling - floor)
+    # then has no length, and the old clamp divided by 1e-12 (relative = -6.5e12 at n = 2)
+    import json
+
+    from ddpm_check.metrics import DigitsScore
+
+    kw = dict(n=2, image_size=8, confidence=0.9, confidence_real=0.9, confidence_noise=0.5,
+              classifier_accuracy=0.97, n_floor=2)
+    s = DigitsScore(fd_samples=18.5, fd_floor=25.0, fd_ceiling=20.6, **kw)
+    assert s.relative is None and json.loads(json.dumps(s.to_dict()))["relative"] is None
+    assert DigitsScore(fd_samples=3.0, fd_floor=3.0, fd_ceiling=3.0, **kw).relative is None
+    assert DigitsScore(fd_samples=3.0, fd_floor=1.0, fd_ceiling=5.0, **kw).relative == pytest.approx(0.5)
+    real = digits_images(8)
+    two = evaluate_digits(real[:2])  # the case that showed the bug: n = 2 real digits
+    if two.fd_ceiling <= two.fd_floor:
+        assert two.relative is None
+    else:
+        assert two.relative == pytest.approx((two.fd_samples - two.fd_floor) / (two.fd_ceiling - two.fd_floor))
+
+
+def test_cli_says_when_the_score_is_rough_or_undefined():
+    from rich.console import Console
+
+    from cli import _render_score
+
+    base = dict(n=2, fd_samples=18.5, fd_floor=25.0, fd_ceiling=20.6, confidence=0.9, confidence_real=0.9,
+                confidence_noise=0.5, relative=None)
+    con = Console(width=200, record=True)
+    _render_score(con, base)
+    out = con.export_text()
+    assert "relative: undefined, the noise ceiling is not above the real-digit floor at n = 2" in out
+    assert "n = 2 is below the 64 classifier features" in out and "e+" not in out
+    con = Console(width=200, record=True)
+    _render_score(con, {**base, "n": 400, "fd_samples": 0.167, "fd_floor": 0.253, "fd_ceiling": 4.262,
+                        "relative": -0.022})
+    out = con.export_text()
+    assert "relative = (FD - floor)/(ceiling - floor) = -0.022" in out and "rough" not in out
