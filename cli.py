@@ -251,11 +251,17 @@ def _train_progress_bar(console, total: int, start: int, label: str):
     return bar, task
 
 
+def _images(n: int) -> str:
+    return f"{n:,} image" + ("" if n == 1 else "s")
+
+
 def _sampling_bar(console, label: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    # transient: it vanishes from a terminal when done; elsewhere (a pipe, a log file) it would
+    # leave only an empty line behind, so it is not shown there at all
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=console, transient=True)
+                   TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal)
     return bar, bar.add_task(label, total=None)
 
 
@@ -294,7 +300,7 @@ def _sample_pictures(sampler, n_images: int, n_grid: int, strip_rows: int, seed:
         x, ts, frames = sample_with_strip(sampler, n_images, seed=seed, strip_rows=strip_rows,
                                           batch_size=batch_size, compile=compile)
     else:
-        bar, task = _sampling_bar(console, f"sampling {n_images} images")
+        bar, task = _sampling_bar(console, f"sampling {_images(n_images)}")
         with bar:
             x, ts, frames = sample_with_strip(
                 sampler, n_images, seed=seed, strip_rows=strip_rows, batch_size=batch_size,
@@ -553,7 +559,7 @@ def sample_command(
     if as_json:
         print_json(summary)
         return
-    console.print(f"sampled {n} images {list(x.shape[1:])} from {_esc(sampler.path)} (step {sampler.step}, seed {seed})",
+    console.print(f"sampled {_images(n)} {list(x.shape[1:])} from {_esc(sampler.path)} (step {sampler.step}, seed {seed})",
                   soft_wrap=True)
     for key in ("samples_png", "reverse_process_png", "npy"):
         if summary[key]:
@@ -589,7 +595,7 @@ def evaluate_command(
     if as_json:
         x = sample(sampler, n, seed=seed, batch_size=batch_size, compile=compile_)
     else:
-        bar, task = _sampling_bar(console, f"sampling {n} images")
+        bar, task = _sampling_bar(console, f"sampling {_images(n)}")
         with bar:
             x = sample(sampler, n, seed=seed, batch_size=batch_size, compile=compile_,
                        progress=lambda k, tot: bar.update(task, completed=k, total=tot))

@@ -182,3 +182,15 @@ def test_train_on_an_image_folder_and_a_corrupt_one(tmp_path):
     (folder / "zz_bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     r = runner.invoke(app, ["train", "--data", str(folder), "--image-size", "8", "--out", str(tmp_path / "run2")])
     _assert_clean_error(r, "zz_bad.jpg")
+
+
+def test_sample_output_off_a_terminal_has_no_empty_bar_line(trained, tmp_path):
+    # the transient sampling bar left an empty first line when stdout was not a terminal
+    out, _ = trained
+    r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "1", "--strip-rows", "1",
+                            "--out", str(tmp_path / "one")])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("sampled 1 image [1, 8, 8] from ")
+    r = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "-n", "64"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith(str(out / "checkpoint.safetensors")) and "rough" not in r.stdout
