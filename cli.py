@@ -126,8 +126,11 @@ _SampleBatchSize = Annotated[int, typer.Option(
 
 
 def print_json(obj) -> None:
-    """Write ``obj`` as JSON on stdout (no rich markup, so tools can parse it)."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    """Write ``obj`` as strict JSON on stdout (no rich markup, so tools can parse it): a
+    non-finite number is the string "inf", "-inf" or "nan", as in the checks' rows."""
+    from ddpm_check.jsonable import jsonable
+
+    sys.stdout.write(json.dumps(jsonable(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,6 +254,13 @@ def _train_progress_bar(console, total: int, start: int, label: str):
     return bar, task
 
 
+def _non_finite(x) -> int:
+    """How many samples [N, ...] hold a NaN or inf anywhere."""
+    import torch
+
+    return int((~torch.isfinite(x).flatten(1).all(dim=1)).sum())
+
+
 def _images(n: int) -> str:
     return f"{n:,} image" + ("" if n == 1 else "s")
 
@@ -306,6 +316,11 @@ def _sample_pictures(sampler, n_images: int, n_grid: int, strip_rows: int, seed:
                 sampler, n_images, seed=seed, strip_rows=strip_rows, batch_size=batch_size,
                 progress=lambda k, tot: bar.update(task, completed=k, total=tot), compile=compile)
     _compile_fallback_line(console, quiet, compile, sampler.compile_error, "sampled")
+    bad = _non_finite(x)
+    if bad and not quiet:
+        console.print(f"[yellow]{bad:,} of {_images(len(x))} contain NaN or inf: the model's output is not finite "
+                      f"(diverged weights, e.g. a learning rate too high, or an extreme schedule)[/yellow]",
+                      soft_wrap=True)
     grid = save_grid(x[:n_grid], out / f"{prefix}samples.png",
                      title=f"{min(n_grid, len(x))} samples, step {sampler.step}, seed {seed}")
     strip = save_reverse_strip(ts, frames, out / f"{prefix}reverse_process.png")
@@ -480,7 +495,8 @@ def train_command(
     x, grid, strip = _sample_pictures(sampler, n_draw, max(n_samples, 1), min(4, n_draw), seed, out_dir, console, as_json)
     loss_png = save_loss_curve(trainer.loss_history, out_dir / "loss.png", label=f"{trainer.train_cfg.loss} loss on eps")
     score = None
-    if is_digits and eval_n >= 2:
+    bad = _non_finite(x)
+    if is_digits and eval_n >= 2 and not _non_finite(x[:eval_n]):  # NaN samples: said above, not scored
         from ddpm_check.metrics import evaluate_digits
 
         score = evaluate_digits(x[:eval_n], seed=seed).to_dict()
@@ -503,6 +519,7 @@ def train_command(
         "images_per_second": None if last_ips[0] != last_ips[0] else round(last_ips[0], 1),
         "total_seconds": round(_time.perf_counter() - t_start, 2),
         "metric": score,
+        "non_finite_samples": bad,
     }
     if as_json:
         print_json(summary)
@@ -513,6 +530,8 @@ def train_command(
         _render_score(console, score)
     elif not is_digits:
         console.print("(the quality metric is defined for the digits only)")
+    elif eval_n >= 2:
+        console.print("(the quality metric was not computed: the samples are not finite)")
     console.print(f"wrote to {_esc(out_dir)}/:", soft_wrap=True)
     for key in ("checkpoint", "config", "samples_png", "reverse_process_png", "loss_png"):
         console.print(f"  {_esc(summary[key])}", soft_wrap=True)
@@ -551,7 +570,8 @@ def sample_command(
     summary = {"checkpoint": str(sampler.path), "step": sampler.step, "n": n, "seed": seed,
                "shape": list(x.shape), "samples_png": str(grid), "reverse_process_png": str(strip),
                "npy": None, "mean": float(x.mean()), "std": float(x.std()),
-               "fraction_outside_unit": float((x.abs() > 1).float().mean()),
+               "fraction_outside_unit": float((~(x.abs() <= 1)).float().mean()),  # NaN counts as outside
+               "non_finite_samples": _non_finite(x),
                **_compile_summary(compile_, sampler.compile_error)}
     if npy:
         np.save(out_dir / "samples.npy", x.numpy())

@@ -35,6 +35,7 @@ import numpy as np
 
 from ddpm_check import stats as S
 from ddpm_check.errors import DDPMCheckError, check_seed
+from ddpm_check.jsonable import jsonable
 from ddpm_check.schedules import Schedule, make_schedule
 
 HOLDS, ERRATUM, CAVEAT = "holds", "erratum", "caveat"
@@ -80,7 +81,7 @@ class Claim:
             "title": self.title,
             "source": self.source,
             "verdict": self.verdict,
-            "evidence": S.jsonable(self.evidence),
+            "evidence": jsonable(self.evidence),
             "lines": list(self.lines),
             "explanation": self.explanation,
             "seconds": round(self.seconds, 3),

@@ -95,8 +95,12 @@ def to_classifier_input(images) -> np.ndarray:
         )
     if x.shape[-1] % 8 != 0:
         raise DDPMCheckError(f"the digits metric needs an image size that is a multiple of 8, got {x.shape[-1]}")
-    if not torch.isfinite(x).all():
-        raise DDPMCheckError("images contain NaN or inf")
+    finite = torch.isfinite(x).flatten(1).all(dim=1)  # [N]
+    if not finite.all():
+        raise DDPMCheckError(
+            f"{int((~finite).sum()):,} of {len(x):,} images contain NaN or inf, so they cannot be scored "
+            f"(samples like these come from diverged weights, e.g. a learning rate too high, or an extreme schedule)"
+        )
     x8 = resize_images(x.clamp(-1.0, 1.0), 8)  # [N, 1, 8, 8]
     return ((x8.reshape(len(x8), 64).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
 

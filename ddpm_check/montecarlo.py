@@ -50,6 +50,7 @@ import numpy as np
 
 from ddpm_check import stats as S
 from ddpm_check.errors import DDPMCheckError, check_seed
+from ddpm_check.jsonable import jsonable
 from ddpm_check.schedules import Schedule, ScheduleConfig
 
 # ============================================================================================
@@ -111,9 +112,9 @@ class CheckRow:
         return "info" if self.passed else "finding"
 
     def to_dict(self) -> dict:
-        d = {k: S.jsonable(v) for k, v in dataclasses.asdict(self).items()}
+        d = {k: jsonable(v) for k, v in dataclasses.asdict(self).items()}
         d["verdict"] = self.verdict
-        d["margin"] = S.jsonable(self.margin)
+        d["margin"] = jsonable(self.margin)
         return d
 
 

@@ -372,23 +372,6 @@ def seed_sequence_for(name: str, root_seed: int = DEFAULT_ROOT_SEED) -> np.rando
     return np.random.SeedSequence(entropy=check_seed(root_seed, "root seed"), spawn_key=_name_words(name))
 
 
-def jsonable(v: Any) -> Any:
-    """``v`` with numpy scalars as Python ones, non-finite floats as "inf"/"nan" strings (strict
-    JSON has no Infinity) and dicts, lists and tuples converted throughout."""
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else str(f)
-    return v
-
-
 #: The most Monte Carlo samples a check or the audit takes: memory and time grow with it (check
 #: posterior: about 0.7 GB and 22 s at 10**6 samples on 2 cores, so some 7 GB at the cap).
 MAX_SAMPLES = 10_000_000
