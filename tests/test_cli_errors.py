@@ -122,6 +122,13 @@ HUGE = "99999999999999999999999"
     (["schedule", "--no-plot", "--T", HUGE], f"T must be at most 100,000, got {HUGE}"),
     (["audit", "--samples", HUGE], f"--samples must be an integer from 100 to 10,000,000, got {HUGE}"),
     (["audit", "--samples", "99"], "--samples must be an integer from 100 to 10,000,000, got 99"),
+    # alpha_bar_t underflows to 0: mean-eps reported a false FAIL, the network check a ZeroDivisionError
+    (["check", "mean-eps", "--beta-start", "0.9", "--beta-end", "0.99"],
+     "alpha_bar_t underflows to 0 from t = 260 on (linear, T = 300, betas 0.9 to 0.99): x_t keeps nothing of "
+     "x_0 there and the formulas under test divide by alpha_bar_t; choose smaller betas or a smaller T"),
+    (["check", "network", "--steps", "3", "--beta-start", "0.9", "--beta-end", "0.99"],
+     "alpha_bar_t underflows to 0 from t = 260 on (linear, T = 300, betas 0.9 to 0.99): x_t keeps nothing of "
+     "x_0 there and the formulas under test divide by alpha_bar_t; choose smaller betas or a smaller T"),
 ])
 def test_sizes_beyond_the_limits_are_one_line(args, expected):
     r = runner.invoke(app, args)

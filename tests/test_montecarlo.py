@@ -230,3 +230,15 @@ def test_network_converges_to_the_bayes_floor():
 def test_network_wrong_floor_is_rejected(variant):
     res = mc.run_check("network", variant=variant)
     assert not res.passed and res.worst.margin > MIN_MARGIN
+
+
+def test_network_check_survives_a_bucket_whose_bayes_floor_is_zero():
+    # betas 0.5..0.6: alpha_bar_t ~ 1e-105 late on, where eps is known from x_t and the exact
+    # denoiser's loss is 0; the per-bucket ratio excess / floor divided by zero
+    from ddpm_check.montecarlo import run_check
+    from ddpm_check.schedules import ScheduleConfig
+
+    res = run_check("network", steps=3, schedule=ScheduleConfig(beta_start=0.5, beta_end=0.6))
+    buckets = [r for r in res.rows if r.quantity == "excess eps-MSE"]
+    assert any(r.statistic == float("inf") for r in buckets)  # a bucket with floor exactly 0
+    assert all(r.role == "diagnostic" for r in buckets)
