@@ -103,7 +103,12 @@ def edge(func: F) -> F:
             raise fail(str(exc)) from None
         except OSError as exc:  # the file system refused: a path that cannot be made, read or written
             where = f" {exc.filename!r}" if exc.filename else ""
-            raise fail(f"cannot use{where or ' a file'}: {exc.strerror or exc}") from None
+            why = exc.strerror or str(exc)
+            if isinstance(exc, FileExistsError):
+                why = "a file of that name is in the way (a folder is needed)"
+            elif isinstance(exc, NotADirectoryError):
+                why = "a part of the path is a file, not a folder"
+            raise fail(f"cannot use{where or ' a file'}: {why}") from None
         except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             why = _out_of_memory(exc)
             if why is None:
@@ -339,6 +344,37 @@ def _compile_summary(asked: bool, error: str | None) -> dict:
     return {"compiled": bool(asked) and error is None, "compile_error": error if asked else None}
 
 
+#: what train writes into its output folder
+_RUN_FILES = ("checkpoint.safetensors", "config.json", "samples.png", "reverse_process.png", "loss.png")
+
+
+def _check_run_name(name: str) -> None:
+    import os
+
+    seps = {"/", "\\", os.sep, os.altsep or "/"}
+    if not name.strip() or name in (".", "..") or any(c in name for c in seps):
+        raise DDPMCheckError(f"--name must be a plain folder name (no '/', not '.' or '..'), got {name!r}; "
+                             f"--out takes a path")
+
+
+def _check_out_dir(out_dir: Path, continuing: Path | None = None) -> None:
+    """Refuse an output folder holding files this run would overwrite and that are not its own:
+    another run's checkpoint, or (outside the folder of the run being continued) any run file."""
+    ck = out_dir / "checkpoint.safetensors"
+    if continuing is not None and ck.exists() and ck.resolve() == Path(continuing).resolve():
+        return  # the run's own folder: it goes on there
+    if ck.exists():
+        if continuing is None:
+            raise DDPMCheckError(f"output folder {str(out_dir)!r} already holds a checkpoint; "
+                                 f"use --resume {out_dir} or another --out")
+        raise DDPMCheckError(f"output folder {str(out_dir)!r} already holds another run's checkpoint; choose "
+                             f"another --out (without --out the run goes on in {str(Path(continuing).parent)!r})")
+    clash = [f for f in _RUN_FILES if (out_dir / f).exists()]
+    if clash:
+        raise DDPMCheckError(f"output folder {str(out_dir)!r} already holds {', '.join(clash)}, which this run "
+                             f"would overwrite; choose another --out or move them")
+
+
 #: --compile of sample and evaluate
 _SampleCompile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the network (faster for many images, mainly on a GPU; compiling takes seconds to a minute first; falls back to eager if unavailable).")]
@@ -355,8 +391,8 @@ def train_command(
     channels_list: Annotated[Optional[str], typer.Option(help="Custom SimpleUnet down channels, e.g. 64,128,256,512,1024 (overrides --model).")] = None,
     timesteps: Annotated[Optional[int], typer.Option("--timesteps", "-T", "--T", help="Number of diffusion steps T (preset 300, as the source).")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="Beta schedule: linear (1e-4 .. 0.02, the source) or cosine.")] = None,
-    beta_start: Annotated[float, typer.Option(help="First beta of the linear schedule.")] = 1e-4,
-    beta_end: Annotated[float, typer.Option(help="Last beta of the linear schedule.")] = 0.02,
+    beta_start: Annotated[Optional[float], typer.Option(help="First beta of the linear schedule (default 1e-4).", show_default=False)] = None,
+    beta_end: Annotated[Optional[float], typer.Option(help="Last beta of the linear schedule (default 0.02).", show_default=False)] = None,
     loss: Annotated[Optional[str], typer.Option(help="Loss on eps: l2 (Ho et al. eq. 14, default) or l1 (the source's code).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Total optimiser steps (with --resume: the new total).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
@@ -396,14 +432,28 @@ def train_command(
         _at_least(label, val, 0)
     if steps is not None:
         _at_least("--steps", steps, 0)
+    if name is not None:
+        if out is not None:
+            raise DDPMCheckError("--name and --out both choose the output folder; give one of them")
+        if resume is not None:
+            raise DDPMCheckError("--name does not apply with --resume: the run goes on in its own folder "
+                                 "(--out to write it elsewhere)")
+        _check_run_name(name)
+    # with --resume the checkpoint's settings hold: options that would change them are reported
+    settings = {"--small": small or None, "--data": data, "--image-size": image_size, "--channels": channels,
+                "--model": model, "--channels-list": channels_list, "-T": timesteps, "--schedule": schedule,
+                "--beta-start": beta_start, "--beta-end": beta_end, "--loss": loss, "--batch-size": batch_size,
+                "--lr": lr, "--ema-decay": ema_decay, "--seed": seed or None}
+    ignored = [k for k, v in settings.items() if v is not None] if resume is not None else []
     dev = resolve_device(device)
 
     if resume is not None:
         from ddpm_check import checkpoint as _ckpt
 
         ck_file = _ckpt.resolve(resume)
-        trainer = Trainer.from_checkpoint(ck_file, device=dev, steps=steps, compile=compile_)
         out_dir = Path(out) if out is not None else ck_file.parent
+        _check_out_dir(out_dir, continuing=ck_file)
+        trainer = Trainer.from_checkpoint(ck_file, device=dev, steps=steps, compile=compile_)
     else:
         if model is not None and model not in _MODEL_CHOICES:
             raise DDPMCheckError(f"unknown --model {model!r}; choose one of {', '.join(_MODEL_CHOICES)}")
@@ -426,17 +476,18 @@ def train_command(
         else:
             model_cfg = UNetConfig.small(image_channels=data_cfg.channels)
         model_cfg.check_image_size(data_cfg.image_size)
-        sched_cfg = ScheduleConfig(kind=cfg["schedule"], T=cfg["timesteps"], beta_start=beta_start, beta_end=beta_end)
+        if cfg["schedule"] != "linear" and (beta_start is not None or beta_end is not None):
+            raise DDPMCheckError(f"--beta-start/--beta-end apply to the linear schedule only, not {cfg['schedule']!r}")
+        sched_cfg = ScheduleConfig(kind=cfg["schedule"], T=cfg["timesteps"],
+                                   beta_start=1e-4 if beta_start is None else beta_start,
+                                   beta_end=0.02 if beta_end is None else beta_end)
         train_cfg = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                                 ema_decay=cfg["ema_decay"], loss=cfg["loss"], seed=seed)
         if out is not None:
             out_dir = Path(out)
         else:
             out_dir = Path("runs") / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
-        if (out_dir / "checkpoint.safetensors").exists():
-            raise DDPMCheckError(
-                f"output folder {str(out_dir)!r} already holds a checkpoint; use --resume {out_dir} or another --out"
-            )
+        _check_out_dir(out_dir)
         trainer = Trainer(model_cfg, sched_cfg, data_cfg, train_cfg, device=dev, compile=compile_)
 
     # Under torchrun every rank trains; rank 0 alone writes files and prints.
@@ -447,6 +498,9 @@ def train_command(
     n_params = sum(p.numel() for p in trainer.model.parameters())
     total = trainer.train_cfg.steps
     quiet = as_json or not main_rank
+    if ignored and not quiet:
+        console.print(f"[yellow]ignored with --resume, the checkpoint's settings hold: {', '.join(ignored)}[/yellow]",
+                      soft_wrap=True)
     if not quiet:
         d = trainer.data_cfg
         console.print(
@@ -520,6 +574,7 @@ def train_command(
         "total_seconds": round(_time.perf_counter() - t_start, 2),
         "metric": score,
         "non_finite_samples": bad,
+        "ignored_options": ignored,
     }
     if as_json:
         print_json(summary)

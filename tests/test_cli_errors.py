@@ -83,7 +83,7 @@ def test_an_output_path_that_cannot_be_made_is_one_line(tmp_path, command):
     r = runner.invoke(app, [*command, str(target)])
     assert r.exit_code == 2, r.output
     line = _one_error_line(r)
-    assert "cannot use" in line and str(blocker) in line and "Not a directory" in line
+    assert "cannot use" in line and str(blocker) in line and "a part of the path is a file, not a folder" in line
     assert blocker.read_text() == "not a folder"  # nothing of the user's was touched
 
 
@@ -161,3 +161,81 @@ def test_too_many_samples_is_refused_before_the_progress_bar(tiny_run, command):
     line = _one_error_line(r)
     assert "1,000,000,000,000 samples of shape [1, 8, 8] need" in line and "(-n)" in line
     assert r.stdout == ""
+
+
+QUICK = ["--small", "--steps", "2", "-T", "10", "--eval-n", "0", "--n-samples", "1", "--checkpoint-every", "0"]
+
+
+def test_resume_never_overwrites_another_run(tiny_run, tmp_path):
+    other = tmp_path / "other"
+    r = runner.invoke(app, ["train", *QUICK, "--seed", "7", "--out", str(other)])
+    assert r.exit_code == 0, r.output
+    before = {f: (other / f).read_bytes() for f in ("checkpoint.safetensors", "config.json")}
+    r = runner.invoke(app, ["train", "--resume", str(tiny_run), "--steps", "4", "--out", str(other)])
+    assert r.exit_code == 2
+    assert _one_error_line(r) == (f"error: output folder {str(other)!r} already holds another run's checkpoint; "
+                                  f"choose another --out (without --out the run goes on in {str(tiny_run)!r})")
+    assert {f: (other / f).read_bytes() for f in before} == before
+    # into a new folder, or on in its own, it goes
+    r = runner.invoke(app, ["train", "--resume", str(tiny_run), "--steps", "3", "--out", str(tmp_path / "new"),
+                            "--eval-n", "0", "--n-samples", "1", "--json"])
+    assert r.exit_code == 0, r.output
+
+
+def test_a_fresh_run_does_not_overwrite_run_files(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "samples.png").write_bytes(b"mine")
+    r = runner.invoke(app, ["train", *QUICK, "--out", str(folder)])
+    assert r.exit_code == 2
+    assert _one_error_line(r) == (f"error: output folder {str(folder)!r} already holds samples.png, which this "
+                                  f"run would overwrite; choose another --out or move them")
+    assert (folder / "samples.png").read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("name", ["/abs", "../escape", ".", "..", "a/b", " "])
+def test_name_is_a_folder_name_not_a_path(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["train", *QUICK, "--name", name])
+    assert r.exit_code == 2
+    assert _one_error_line(r) == (f"error: --name must be a plain folder name (no '/', not '.' or '..'), "
+                                  f"got {name!r}; --out takes a path")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--name", "a", "--out", "b"], "--name and --out both choose the output folder; give one of them"),
+    (["--schedule", "cosine", "--beta-end", "0.1"], "--beta-start/--beta-end apply to the linear schedule only, not 'cosine'"),
+])
+def test_conflicting_train_options(extra, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["train", *QUICK, *extra])
+    assert r.exit_code == 2 and _one_error_line(r) == f"error: {expected}"
+
+
+def test_resume_names_the_options_it_ignores(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    args = ["train", "--resume", str(run), "--steps", "2", "--image-size", "16", "--lr", "0.5",
+            "--eval-n", "0", "--n-samples", "1"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "ignored with --resume, the checkpoint's settings hold: --image-size, --lr" in r.stdout
+    r = runner.invoke(app, [*args, "--steps", "3", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["ignored_options"] == ["--image-size", "--lr"]
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("afile", "cannot use {afile!r}: a file of that name is in the way (a folder is needed)"),
+    ("afile/x", "cannot use {sub!r}: a part of the path is a file, not a folder"),
+])
+def test_a_file_in_the_way_of_an_output_folder(target, expected, tmp_path):
+    (tmp_path / "afile").write_text("keep")
+    path = tmp_path / target
+    r = runner.invoke(app, ["train", *QUICK, "--out", str(path)])
+    assert r.exit_code == 2
+    assert _one_error_line(r) == "error: " + expected.format(afile=str(tmp_path / "afile"), sub=str(path))
+    assert (tmp_path / "afile").read_text() == "keep"
