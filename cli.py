@@ -170,6 +170,8 @@ def derive(
     """
     import derivations  # light: sympy is imported only when a derivation is built
 
+    if as_json and fmt not in ("text", "json"):  # "text" is the default: --json alone is --format json
+        raise DDPMCheckError(f"--json is --format json; it cannot go with --format {fmt}")
     fmt = "json" if as_json else fmt
     if width is not None and width < _MIN_WIDTH:
         raise DDPMCheckError(f"--width must be at least {_MIN_WIDTH} columns, got {width}")
@@ -240,7 +242,7 @@ _MODEL_CHOICES = ("small", "full")
 
 def _parse_channels_list(text: str) -> tuple[int, ...]:
     try:
-        vals = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+        vals = tuple(int(v) for v in text.replace(" ", "").split(","))  # an empty entry is refused
     except ValueError:
         raise DDPMCheckError(f"--channels-list {text!r} is not a comma-separated list of integers, e.g. 64,128,256") from None
     if len(vals) < 2 or any(v < 1 for v in vals):
@@ -428,8 +430,11 @@ def train_command(
 
     t_start = _time.perf_counter()
     console = _console()
-    for label, val in (("--n-samples", n_samples), ("--checkpoint-every", checkpoint_every), ("--eval-n", eval_n)):
+    _at_least("--n-samples", n_samples, 1, " (the images in samples.png)")
+    for label, val in (("--checkpoint-every", checkpoint_every), ("--eval-n", eval_n)):
         _at_least(label, val, 0)
+    if eval_n == 1:
+        raise DDPMCheckError("--eval-n must be 0 (no score) or at least 2 (a Frechet distance needs 2 samples), got 1")
     if steps is not None:
         _at_least("--steps", steps, 0)
     if name is not None:
@@ -812,6 +817,12 @@ def check(
 ) -> None:
     # the help text is _CHECK_HELP: typer's rich mode keeps a docstring's line breaks
     if name is None:
+        given = [flag for flag, v in (("--variant", variant), ("--steps", steps), ("--samples", samples),
+                                      ("--seed", seed), ("--schedule", schedule), ("-T", T),
+                                      ("--beta-start", beta_start), ("--beta-end", beta_end)) if v is not None]
+        if given:  # options without a check to run: say so rather than list the checks and exit 0
+            raise DDPMCheckError(f"{', '.join(given)} needs a check name: ddpm-check check NAME ... "
+                                 f"(ddpm-check check lists them)")
         _check_list()
         return
     from ddpm_check import montecarlo as mc
@@ -822,6 +833,8 @@ def check(
         raise DDPMCheckError("--variant needs one check name, not 'all'")
     if steps is not None:
         _at_least("--steps", steps, 1)
+        if "network" not in names:
+            raise DDPMCheckError("--steps applies to the network check only (check network, or check all --network)")
     sched = _check_schedule(schedule, T, beta_start, beta_end)
     root = st.DEFAULT_ROOT_SEED if seed is None else seed
     options = {} if steps is None else {"steps": steps}

@@ -95,6 +95,20 @@ def test_an_output_path_that_cannot_be_made_is_one_line(tmp_path, command):
     (["train", "--small", "--steps", "1", "--seed", str(2**64)], f"seed must be an integer from 0 to 2**63 - 1, got {2**64}"),
     (["sample", "--checkpoint", "nowhere", "--seed", str(2**63)], f"--seed must be an integer from 0 to 2**63 - 1, got {2**63}"),
     (["evaluate", "--checkpoint", "nowhere", "--seed", "-1"], "--seed must be an integer from 0 to 2**63 - 1, got -1"),
+    # each of these was accepted and did something else than asked (found by an audit of the CLI)
+    (["train", "--small", "--steps", "1", "--eval-n", "1"],  # skipped the score without a word
+     "--eval-n must be 0 (no score) or at least 2 (a Frechet distance needs 2 samples), got 1"),
+    (["train", "--small", "--steps", "1", "--n-samples", "0"],  # drew 1 image all the same
+     "--n-samples must be >= 1 (the images in samples.png), got 0"),
+    (["train", "--small", "--steps", "1", "--channels-list", "32,,64"],  # became [32, 64]
+     "--channels-list '32,,64' is not a comma-separated list of integers, e.g. 64,128,256"),
+    (["check", "--variant", "no_noise"],  # listed the checks, exit 0
+     "--variant needs a check name: ddpm-check check NAME ... (ddpm-check check lists them)"),
+    (["check", "marginal", "--steps", "10"],  # ignored --steps
+     "--steps applies to the network check only (check network, or check all --network)"),
+    (["check", "all", "--steps", "10"], "--steps applies to the network check only (check network, or check all --network)"),
+    (["derive", "posterior", "--format", "latex", "--json"],  # printed JSON
+     "--json is --format json; it cannot go with --format latex"),
 ])
 def test_bad_values_fail_before_any_work(tmp_path, args, expected):
     r = runner.invoke(app, [*args, "--out", str(tmp_path / "o")] if args[0] == "train" else args)
