@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from mdsection import load_average, machine, write_section  # noqa: E402
+from mdsection import load_average, machine, publish  # noqa: E402
 
 VARIANTS = {
     "shipped": "as `train` runs it: channels_last weights, fused Adam",
@@ -138,9 +138,7 @@ def main() -> None:
         f"The same EMA weights in both layouts; the samples agree to "
         f"{float((outs['shipped'] - outs['contiguous']).abs().max()):.1e}.",
     ])
-    print("\n" + text)
-    if args.write:
-        print(f"wrote {write_section('cpu-options', text)}")
+    publish("cpu-options", text, args.write)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,13 @@ def write_section(name: str, text: str, path: Path = BENCHMARKS_MD) -> Path:
     return path
 
 
+def publish(name: str, text: str, write: bool) -> None:
+    """Print a benchmark's section and, with ``write``, put it into BENCHMARKS.md."""
+    print("\n" + text)
+    if write:
+        print(f"wrote {write_section(name, text)}")
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from mdsection import load_average, machine, write_section  # noqa: E402
+from mdsection import load_average, machine, publish  # noqa: E402
 
 
 def _sampler():
@@ -110,14 +110,13 @@ def main() -> None:
         f"| sampling loop, eager | {med['eager']:.2f} |",
         f"| sampling loop, compiled | {med['compiled']:.2f} |",
         "",
-        f"Compiled is {ratio:.2f}x as fast once compiled (largest difference from the eager samples "
-        f"{diff:.1e}); with cold caches it pays for itself after about {break_even:.0f} such batches "
-        f"({break_even * n:,.0f} images), with warm caches after about "
-        f"{warm / (med['eager'] - med['compiled']) if med['eager'] > med['compiled'] else float('inf'):.0f}.",
+        f"Compiled is {ratio:.2f}x as fast once compiled (largest difference from the eager samples {diff:.1e}); "
+        + (f"with cold caches it pays for itself after about {break_even:.0f} such batches "
+           f"({break_even * n:,.0f} images), with warm caches after about "
+           f"{warm / (med['eager'] - med['compiled']):.0f}." if med["eager"] > med["compiled"]
+           else "at this batch size it does not pay."),
     ])
-    print("\n" + text)
-    if args.write:
-        print(f"wrote {write_section('sample-compile', text)}")
+    publish("sample-compile", text, args.write)
 
 
 if __name__ == "__main__":

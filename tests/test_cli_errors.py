@@ -158,15 +158,6 @@ def test_the_limits_themselves_are_allowed():
     assert check_samples(MAX_SAMPLES) == 10_000_000
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("tiny") / "run"
-    r = runner.invoke(app, ["train", "--small", "--steps", "1", "-T", "5", "--eval-n", "0", "--n-samples", "1",
-                            "--checkpoint-every", "0", "--out", str(run)])
-    assert r.exit_code == 0, r.output
-    return run
-
-
 @pytest.mark.parametrize("command", ["sample", "evaluate"])
 def test_too_many_samples_is_refused_before_the_progress_bar(tiny_run, command):
     # the refusal came from inside the (transient) progress bar, which left a blank line on stdout

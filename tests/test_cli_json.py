@@ -29,15 +29,6 @@ def test_schedule_json_with_an_infinite_value_is_strict():
     assert strict(r.stdout)["schedules"][0]["log_snr_T"] == "-inf"
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("nan") / "run"
-    r = runner.invoke(app, ["train", "--small", "--steps", "2", "-T", "10", "--eval-n", "0", "--n-samples", "1",
-                            "--checkpoint-every", "0", "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    return out
-
-
 @pytest.fixture
 def one_nan_sample(monkeypatch):
     """Sampling as usual, but the first sample gets a NaN (as from diverged weights)."""
@@ -57,18 +48,18 @@ def one_nan_sample(monkeypatch):
     monkeypatch.setattr(sample_mod, "sample", plain)
 
 
-def test_sample_reports_non_finite_samples(run, tmp_path, one_nan_sample):
-    r = runner.invoke(app, ["sample", "--checkpoint", str(run), "-n", "3", "--json", "--out", str(tmp_path / "j")])
+def test_sample_reports_non_finite_samples(tiny_run, tmp_path, one_nan_sample):
+    r = runner.invoke(app, ["sample", "--checkpoint", str(tiny_run), "-n", "3", "--json", "--out", str(tmp_path / "j")])
     assert r.exit_code == 0, r.output
     s = strict(r.stdout)
     assert s["non_finite_samples"] == 1 and s["mean"] == "nan" and s["fraction_outside_unit"] > 0
-    r = runner.invoke(app, ["sample", "--checkpoint", str(run), "-n", "3", "--out", str(tmp_path / "h")])
+    r = runner.invoke(app, ["sample", "--checkpoint", str(tiny_run), "-n", "3", "--out", str(tmp_path / "h")])
     assert r.exit_code == 0, r.output
     assert "1 of 3 images contain NaN or inf" in r.stdout
 
 
-def test_evaluate_names_how_many_samples_are_not_finite(run, one_nan_sample):
-    r = runner.invoke(app, ["evaluate", "--checkpoint", str(run), "-n", "4"])
+def test_evaluate_names_how_many_samples_are_not_finite(tiny_run, one_nan_sample):
+    r = runner.invoke(app, ["evaluate", "--checkpoint", str(tiny_run), "-n", "4"])
     assert r.exit_code == 2
     assert r.stderr.strip().startswith("error: 1 of 4 images contain NaN or inf, so they cannot be scored")
 

@@ -122,24 +122,13 @@ def test_cli_compile_flag_reports_the_fallback(monkeypatch, tmp_path):
     assert s["compiled"] is False and s["compile_error"] == "RuntimeError: no inductor"
 
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    from cli import app
-
-    out = tmp_path_factory.mktemp("compile") / "run"
-    r = CliRunner().invoke(app, ["train", "--small", "--steps", "2", "-T", "10", "--eval-n", "0",
-                                 "--n-samples", "1", "--checkpoint-every", "0", "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    return out
-
-
-def test_sample_and_evaluate_compile_flag(small_run, tmp_path, monkeypatch):
+def test_sample_and_evaluate_compile_flag(tiny_run, tmp_path, monkeypatch):
     # --compile reaches the sampler: with dynamo's tracing (no code generation) the samples are
     # those of the eager run; without a working compiler, one line and the same samples.
     from cli import app
 
     def run(*extra, out="x"):
-        r = CliRunner().invoke(app, ["sample", "--checkpoint", str(small_run), "-n", "3", "--npy", "--seed", "5",
+        r = CliRunner().invoke(app, ["sample", "--checkpoint", str(tiny_run), "-n", "3", "--npy", "--seed", "5",
                                      "--out", str(tmp_path / out), *extra])
         assert r.exit_code == 0, r.output
         return r
@@ -157,7 +146,7 @@ def test_sample_and_evaluate_compile_flag(small_run, tmp_path, monkeypatch):
     assert r.output.count("torch.compile unavailable (RuntimeError: no inductor); sampled in eager mode") == 1
     assert "UserWarning" not in r.output
     np.testing.assert_array_equal(np.load(tmp_path / "f" / "samples.npy"), ref)
-    r = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(small_run), "-n", "4", "--compile", "--json"])
+    r = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(tiny_run), "-n", "4", "--compile", "--json"])
     assert r.exit_code == 0, r.output
     e = json.loads(r.stdout)
     assert e["compiled"] is False and e["compile_error"] == "RuntimeError: no inductor" and e["n"] == 4
