@@ -497,6 +497,11 @@ def train_command(
 
     # Under torchrun every rank trains; rank 0 alone writes files and prints.
     main_rank = trainer.dist.is_main
+    made = None  # the first folder this run creates: removed again if training fails before writing into it
+    if main_rank and not out_dir.exists():
+        made = out_dir.absolute()
+        while not made.parent.exists():
+            made = made.parent
     if main_rank:
         out_dir.mkdir(parents=True, exist_ok=True)
     ck_path = out_dir / "checkpoint.safetensors"
@@ -541,6 +546,12 @@ def train_command(
         if not main_rank:
             raise typer.Exit(130)
         raise fail(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume {out_dir}", code=130)
+    except Exception:  # e.g. the loss became nan: leave no empty output folders behind
+        if made is not None and made.is_dir() and not any(f.is_file() for f in made.rglob("*")):
+            import shutil
+
+            shutil.rmtree(made)
+        raise
     train_s = _time.perf_counter() - t_train
     trainer.close()  # leave the process group: sampling and scoring below are rank 0's alone
     if not main_rank:

@@ -244,3 +244,15 @@ def test_a_file_in_the_way_of_an_output_folder(target, expected, tmp_path):
     assert r.exit_code == 2
     assert _one_error_line(r) == "error: " + expected.format(afile=str(tmp_path / "afile"), sub=str(path))
     assert (tmp_path / "afile").read_text() == "keep"
+
+
+def test_a_failed_training_leaves_no_empty_folders(tmp_path):
+    # the loss becomes nan: the folders this run made (runs/x and its parents) go again;
+    # a folder the user made stays
+    args = ["train", "--small", "--steps", "30", "-T", "20", "--eval-n", "0", "--n-samples", "1", "--lr", "1e6"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "new" / "run")])
+    assert r.exit_code == 2 and "the loss became nan" in _one_error_line(r)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "mine")])
+    assert r.exit_code == 2 and (tmp_path / "mine").is_dir()
