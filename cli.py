@@ -858,11 +858,13 @@ def check(
     results = []
     for n in names:
         if as_json:
-            results.append(mc.run_check(n, samples=samples, seed=root, schedule=sched, variant=variant, **options))
+            results.append(mc.run_check(n, samples=samples, seed=root, schedule=sched, variant=variant,
+                                        **(options if n == "network" else {})))
         else:
             with err.status(f"check {n} ...") as status:
                 results.append(mc.run_check(n, samples=samples, seed=root, schedule=sched, variant=variant,
-                                            progress=lambda msg: status.update(msg), **options))
+                                            progress=lambda msg: status.update(msg),
+                                            **(options if n == "network" else {})))
     ok = all(r.passed for r in results)
     if as_json:
         print_json({"passed": ok, "root_seed": root, "alpha_fw": st.ALPHA_FW, "beta": st.BETA,

@@ -85,6 +85,10 @@ def save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) 
     from safetensors.torch import save
 
     path = Path(path)
+    if path.suffix != ".safetensors":  # anything else, load() refuses (a .pt name reads as a pickle)
+        raise DDPMCheckError(f"a checkpoint file name must end in .safetensors, got {str(path)!r}")
+    if path.is_dir():
+        raise DDPMCheckError(f"{str(path)!r} is a folder; name the checkpoint file, e.g. {str(path / FILENAME)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, **meta}
     text = json.dumps(meta, indent=2, sort_keys=True)

@@ -83,6 +83,32 @@ class GaussianDiffusion:
         return t
 
     @staticmethod
+    def _check_x(x: Any, name: str = "x") -> None:
+        """DDPMCheckError unless x is a floating torch.Tensor with ndim >= 1 (metadata only, no sync)."""
+        if not isinstance(x, torch.Tensor):
+            raise DDPMCheckError(f"{name} must be a floating torch.Tensor of shape [N, ...], got {type(x).__name__}")
+        if not x.dtype.is_floating_point:
+            raise DDPMCheckError(f"{name} must be a floating torch.Tensor of shape [N, ...], got dtype {x.dtype}")
+        if x.ndim < 1:
+            raise DDPMCheckError(f"{name} must be a floating torch.Tensor of shape [N, ...], got a 0-d tensor")
+
+    @staticmethod
+    def _check_eps(eps: Any, x_t: torch.Tensor) -> None:
+        """DDPMCheckError unless the model's output eps is a tensor with x_t's shape (no broadcasting)."""
+        if not isinstance(eps, torch.Tensor) or eps.shape != x_t.shape:
+            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+            raise DDPMCheckError(f"the model must return eps with the shape of x_t {tuple(x_t.shape)}, got {got}")
+
+    @staticmethod
+    def _check_shape(shape: Any) -> tuple[int, ...]:
+        """shape as a tuple of ints, or DDPMCheckError unless it is a non-empty sequence of ints >= 1."""
+        ok = isinstance(shape, (list, tuple)) and len(shape) >= 1 and all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in shape)
+        if not ok:
+            raise DDPMCheckError(f"shape must be a non-empty list of positive integer sizes, got {shape!r}")
+        return tuple(int(s) for s in shape)
+
+    @staticmethod
     def _check_same_shape(**tensors: torch.Tensor) -> None:
         shapes = {k: tuple(v.shape) for k, v in tensors.items()}
         if len(set(shapes.values())) > 1:
@@ -96,6 +122,7 @@ class GaussianDiffusion:
         x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, eps = ``noise`` or drawn from
         ``generator``.  Shapes: x_0 [N, ...], t [N] (0-based), noise like x_0 -> x_t like x_0.
         """
+        self._check_x(x_0, "x_0")
         t = self._check_t(t, x_0)
         if noise is None:
             noise = torch.randn(x_0.shape, generator=generator, dtype=x_0.dtype, device=x_0.device)
@@ -172,15 +199,14 @@ class GaussianDiffusion:
         element, so one batch may mix timesteps (the source's ``if t == 0`` cannot).  ``noise`` (like
         x_t) replaces the draw from ``generator``.  Shapes: x_t [N, ...], t [N] -> [N, ...].
         """
+        self._check_x(x_t, "x_t")
         t = self._check_t(t, x_t)
         if noise is None:
             noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
         else:
             self._check_same_shape(x_t=x_t, noise=noise)
         eps = model(x_t, t)
-        if not isinstance(eps, torch.Tensor) or eps.shape != x_t.shape:
-            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
-            raise DDPMCheckError(f"the model must return eps with the shape of x_t {tuple(x_t.shape)}, got {got}")
+        self._check_eps(eps, x_t)
         nd = x_t.ndim
         mean = self._extract(self.sqrt_recip_alphas, t, nd) * (x_t - self._extract(self.eps_coef, t, nd) * eps)
         # posterior_std[0] is exactly 0, so elements with t == 0 get mean + 0 * z = mean.
@@ -208,9 +234,7 @@ class GaussianDiffusion:
         Returns:
             x_0 [N, ...], or (x_0, {i: x_{i+1}}) when ``capture`` is given.
         """
-        shape = tuple(int(s) for s in shape)
-        if len(shape) < 1 or any(s < 1 for s in shape):
-            raise DDPMCheckError(f"shape must be a non-empty list of positive sizes, got {list(shape)}")
+        shape = self._check_shape(shape)
         keep: set[int] | None = None
         if capture is not None:
             keep = set()
@@ -221,6 +245,7 @@ class GaussianDiffusion:
         if x_T is None:
             x = torch.randn(shape, generator=generator, dtype=self.dtype, device=self.device)
         else:
+            self._check_x(x_T, "x_T")
             if tuple(x_T.shape) != shape:
                 raise DDPMCheckError(f"x_T has shape {list(x_T.shape)} but shape is {list(shape)}")
             x = x_T.to(device=self.device, dtype=self.dtype)
@@ -245,6 +270,7 @@ class GaussianDiffusion:
                 captured[i] = x  # never modified in place: each step makes a new x
             t = steps[i].expand(n)  # [N] view of one stored index: no allocation, never mutated
             eps = model(x, t)
+            self._check_eps(eps, x)  # shape metadata only: no device sync
             # Every element has step i: 0-d coefficient views broadcast without a gather.
             x_new = torch.addcmul(x, eps, self.eps_coef[i].reshape(view), value=-1.0)  # x_t - beta_t/sqrt(1-ab_t) eps
             x_new.mul_(self.sqrt_recip_alphas[i])  # eq. 11
@@ -269,6 +295,7 @@ class GaussianDiffusion:
         view = (1,) * (x.ndim - 1)
         t = i_dev.expand(x.shape[0])  # [N]
         eps = model(x, t)
+        self._check_eps(eps, x)  # host-side metadata: nothing is recorded in a CUDA graph
         x_new = torch.addcmul(x, eps, self.eps_coef.index_select(0, i_dev).reshape(view), value=-1.0)
         x_new.mul_(self.sqrt_recip_alphas.index_select(0, i_dev).reshape(()))  # eq. 11
         x_new.addcmul_(noise, self.posterior_std.index_select(0, i_dev).reshape(view))  # + sigma_t z
@@ -328,7 +355,10 @@ class GaussianDiffusion:
             raise DDPMCheckError(f"unknown loss kind {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
         if reduction not in ("mean", "none"):
             raise DDPMCheckError(f"unknown reduction {reduction!r}; choose one of mean, none")
+        self._check_x(x_0, "x_0")
         n = x_0.shape[0]
+        if n == 0:
+            raise DDPMCheckError(f"loss needs at least one example, got an empty batch of shape {list(x_0.shape)}")
         if t is None:
             t = torch.randint(0, self.T, (n,), generator=generator, device=x_0.device)
         t = self._check_t(t, x_0)

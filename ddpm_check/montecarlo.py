@@ -1144,6 +1144,14 @@ def run_check(name: str, *, samples: int | None = None, seed: int = S.DEFAULT_RO
             raise DDPMCheckError(f"unknown variant {variant!r} of check {name!r}; valid: "
                                  f"{', '.join(_VARIANTS[name]) or 'none'}")
         var = _VARIANTS[name][variant]
+    unknown = set(options) - ({"steps"} if name == "network" else set())
+    if unknown:
+        raise DDPMCheckError(f"check {name!r} takes no option {', '.join(sorted(unknown))}"
+                             + (" (only the network check takes steps)" if "steps" in unknown else ""))
+    steps = options.get("steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))
+                              or not 1 <= steps <= 1_000_000):
+        raise DDPMCheckError(f"network check steps must be an integer from 1 to 1,000,000, got {steps!r}")
     sched = _as_schedule(schedule)
     ctx = _Context(name, spec.title, int(samples), int(seed), sched, var, progress)
     t0 = time.perf_counter()
@@ -1170,7 +1178,10 @@ def run_all(*, network: bool = False, samples: int | None = None, seed: int = S.
             progress: Callable[[str], Any] | None = None, **options: Any) -> list[CheckResult]:
     """Run every check (the network check only with ``network=True``)."""
     names = [n for n, s in CHECKS.items() if s.in_all or network]
-    return [run_check(n, samples=samples, seed=seed, schedule=schedule, progress=progress, **options)
+    if options and not network:
+        raise DDPMCheckError(f"options {', '.join(sorted(options))} are the network check's: pass network=True")
+    return [run_check(n, samples=samples, seed=seed, schedule=schedule, progress=progress,
+                      **(options if n == "network" else {}))
             for n in names]
 
 

@@ -245,8 +245,23 @@ def to_display(x: torch.Tensor) -> np.ndarray:
     return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
 
 
+def _png(path: str | Path) -> Path:
+    """``path`` as a Path, or DDPMCheckError unless it names a .png file (matplotlib would add
+    the suffix to another name, or write beside a folder, and the returned path would be wrong)."""
+    p = Path(path)
+    if p.suffix.lower() != ".png" or p.is_dir():
+        raise DDPMCheckError(f"a picture file name must end in .png, got {str(path)!r}")
+    return p
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, title: str | None = None) -> Path:
     """A grid of images [N, C, H, W] in [-1, 1] as one PNG (values clipped for display)."""
+    path = _png(path)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] < 1 or images.shape[1] not in (1, 3):
+        got = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise DDPMCheckError(f"save_grid needs images [N >= 1, 1 or 3, H, W], got {got}")
+    if nrow is not None and (isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1):
+        raise DDPMCheckError(f"nrow must be an integer >= 1, got {nrow!r}")
     plt = _plt()
     n = images.shape[0]
     ncol = nrow or max(1, math.ceil(math.sqrt(n)))
@@ -269,6 +284,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, t
 
 def save_reverse_strip(ts: list[int], frames: torch.Tensor, path: str | Path) -> Path:
     """Rows = chains, columns = x_t at the paper steps ``ts`` (noise on the left, image on the right)."""
+    path = _png(path)
     plt = _plt()
     rows, cols = frames.shape[:2]
     tile, gap, head = 0.9, 0.06, 0.55  # inches: tile side, gap between tiles, room for the titles
@@ -295,6 +311,7 @@ def save_reverse_strip(ts: list[int], frames: torch.Tensor, path: str | Path) ->
 
 def save_loss_curve(losses: list[float], path: str | Path, label: str = "loss") -> Path:
     """The per-step training loss (faint) and its moving average over ~2 % of the run."""
+    path = _png(path)
     plt = _plt()
     y = np.asarray(losses, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(6, 3.5))

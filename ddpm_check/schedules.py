@@ -298,6 +298,8 @@ class Schedule:
 
         if dtype is None:
             dtype = torch.float32
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise DDPMCheckError(f"to_torch needs a floating torch dtype (e.g. torch.float32), got {dtype!r}")
         return {
             name: torch.as_tensor(np.array(a), dtype=torch.float64).to(device=device, dtype=dtype)
             for name, a in self.arrays().items()

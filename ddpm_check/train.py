@@ -71,23 +71,31 @@ class TrainConfig:
         def _int(v):
             return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
+        def _real(v):
+            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
         if not _int(self.steps) or self.steps < 0:
             raise DDPMCheckError(f"steps must be an integer >= 0, got {self.steps!r}")
         if not _int(self.batch_size) or self.batch_size < 1:
             raise DDPMCheckError(f"batch size must be an integer >= 1, got {self.batch_size!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if not (_real(self.lr) and math.isfinite(self.lr) and self.lr > 0):
             raise DDPMCheckError(f"learning rate must be a finite number > 0, got {self.lr!r}")
-        if not (isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0):
+        if not (_real(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):
             raise DDPMCheckError(f"EMA decay must be in [0, 1), got {self.ema_decay!r}")
         if self.loss not in LOSS_KINDS:
             raise DDPMCheckError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_KINDS)}")
         check_seed(self.seed)
+        # plain Python numbers from here on (numpy's are not JSON: the final save failed on them)
+        for k, cast in (("steps", int), ("batch_size", int), ("seed", int), ("lr", float), ("ema_decay", float)):
+            object.__setattr__(self, k, cast(getattr(self, k)))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise DDPMCheckError(f"train config must be a JSON object, got {type(d).__name__}")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -253,6 +261,10 @@ class Trainer:
         self.schedule = Schedule.from_config(schedule_cfg)
         self.diffusion = GaussianDiffusion(self.schedule, device=self.device, dtype=dtype)
         self.data = data if data is not None else load_data(data_cfg)
+        want = (data_cfg.channels, data_cfg.image_size, data_cfg.image_size)
+        if tuple(self.data.images.shape[1:]) != want:  # the checkpoint would describe other images
+            raise DDPMCheckError(f"the data's images are {list(self.data.images.shape[1:])} but the data config "
+                                 f"says {list(want)} (channels, size, size)")
 
         cuda = self.device.type == "cuda"
         if cuda:
@@ -393,6 +405,11 @@ class Trainer:
         from ddpm_check import distributed as ddp
 
         until = self.train_cfg.steps if until is None else until
+        for label, v, low in (("until", until, 0), ("report_every", report_every, 1), ("checkpoint_every", checkpoint_every, 0)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise DDPMCheckError(f"{label} must be an integer >= {low}, got {v!r}")
+        if progress is not None and not callable(progress):
+            raise DDPMCheckError(f"progress must be a function of TrainProgress, got {type(progress).__name__}")
         if until < self.step:
             raise DDPMCheckError(f"cannot train to step {until}: the run is already at step {self.step}")
         start_step, t0 = self.step, time.perf_counter()

@@ -182,6 +182,14 @@ class SimpleUnet(nn.Module):
         self.output = nn.Conv2d(up[-1], config.image_channels, 1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # Metadata checks only (no .item(), no device sync; fine under torch.compile).
+        if not isinstance(x, torch.Tensor):
+            raise DDPMCheckError(f"x must be a torch.Tensor of shape [N, C, H, W], got {type(x).__name__}")
+        if not isinstance(t, torch.Tensor):
+            raise DDPMCheckError(f"t must be a tensor of shape [N] = [{x.shape[0] if x.ndim else '?'}], "
+                                 f"got {type(t).__name__}")
+        if t.dtype == torch.bool or t.dtype.is_complex:
+            raise DDPMCheckError(f"t must be an integer or float tensor of steps, got dtype {t.dtype}")
         if x.ndim != 4 or x.shape[1] != self.config.image_channels:
             raise DDPMCheckError(
                 f"SimpleUnet expects x of shape [N, {self.config.image_channels}, H, W], got {tuple(x.shape)}"
@@ -191,6 +199,8 @@ class SimpleUnet(nn.Module):
             raise DDPMCheckError(
                 f"image size {x.shape[2]}x{x.shape[3]} is not divisible by 2**depth = {m}"
             )
+        if t.shape != (x.shape[0],):
+            raise DDPMCheckError(f"t must have shape [N] = [{x.shape[0]}] to match x, got {list(t.shape)}")
         t_emb = self.time_mlp(t)  # [N, time_emb_dim]; t is cast to float inside the embedding
         x = self.conv0(x)
         skips = []

@@ -277,8 +277,13 @@ def _indent(text: str, n: int) -> str:
 
 
 def to_text(d: Derivation, width: int = 100) -> str:
-    """The terminal rendering as plain text (no colours)."""
+    """The terminal rendering as plain text (no colours); ``width`` >= 20 columns."""
     from rich.console import Console
+
+    if isinstance(width, bool) or not isinstance(width, int) or width < 20:
+        from ddpm_check.errors import DDPMCheckError
+
+        raise DDPMCheckError(f"width must be an integer of at least 20 columns, got {width!r}")
 
     buf = io.StringIO()
     Console(file=buf, width=width, color_system=None, highlight=False, soft_wrap=False).print(to_rich(d, width))
