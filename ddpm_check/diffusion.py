@@ -39,7 +39,12 @@ class GaussianDiffusion:
             raise DDPMCheckError(f"dtype must be a floating torch dtype, got {dtype!r}")
         self.schedule = schedule
         self.T = schedule.T
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise DDPMCheckError(f"unknown device {device!r}; e.g. 'cpu', 'cuda' or 'cuda:0'") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise DDPMCheckError(f"device {device!r} requested but CUDA is not available")
         self.dtype = dtype
         arrays = dict(schedule.arrays())
         # Derived in float64 before the single cast to dtype.

@@ -112,6 +112,10 @@ class TrainProgress:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """"auto" -> cuda if available else cpu; "cpu"; "cuda" (error if unavailable)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise DDPMCheckError(f"device must be one of auto, cpu, cuda (or cuda:N), got {device!r}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":

@@ -113,3 +113,27 @@ def test_network_check_options_are_checked(options, expected):
         run_check("marginal", steps=10)
     with pytest.raises(DDPMCheckError, match="network check's: pass network=True"):
         run_all(steps=10)
+
+
+@pytest.mark.parametrize("device, expected", [
+    ("gpu", "unknown device 'gpu'; e.g. 'cpu', 'cuda' or 'cuda:0'"),
+    (None, "unknown device None; e.g. 'cpu', 'cuda' or 'cuda:0'"),
+])
+def test_diffusion_device_is_checked(device, expected):
+    from ddpm_check.diffusion import GaussianDiffusion
+    from ddpm_check.schedules import make_schedule
+
+    with pytest.raises(DDPMCheckError) as e:
+        GaussianDiffusion(make_schedule(T=10), device=device)
+    assert str(e.value) == expected
+
+
+def test_resolve_device_takes_names_and_devices():
+    from ddpm_check.train import resolve_device
+
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(DDPMCheckError, match="device must be one of auto, cpu, cuda .or cuda:N., got None"):
+        resolve_device(None)
+    if not torch.cuda.is_available():
+        with pytest.raises(DDPMCheckError, match="CUDA is not available"):
+            resolve_device(torch.device("cuda"))
