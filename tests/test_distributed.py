@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -59,6 +60,28 @@ needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 # misses the rendezvous); such a failure was seen about once in 50 launches. A failed launch is
 # retried once, with the first failure's output in a warning: a real bug is deterministic (same
 # seeds, same data) and fails the second launch too.
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it (found through /proc: Linux)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    todo, found = [pid], []
+    while todo:
+        q = todo.pop()
+        found.append(q)
+        todo.extend(children.get(q, []))
+    for q in reversed(found):
+        try:
+            os.kill(q, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def torchrun(*args: str, timeout: float = 180, before_retry=None) -> subprocess.CompletedProcess:
     """Run ``args`` (a script and its arguments) in 2 processes on this machine.
 
@@ -67,7 +90,18 @@ def torchrun(*args: str, timeout: float = 180, before_retry=None) -> subprocess.
     env["OMP_NUM_THREADS"] = "1"  # 2 processes on 2 cores; also silences torchrun's warning
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     for attempt in (1, 2):
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = p.communicate(timeout=timeout)
+            r = subprocess.CompletedProcess(cmd, p.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            # Seen once: rank 0 had finished and printed its summary, rank 1 never exited (its
+            # main thread waiting in gloo after the final barrier; a known rare gloo teardown hang).
+            _kill_tree(p.pid)  # torchrun's workers run in sessions of their own
+            out, err = p.communicate()
+            if attempt == 2:
+                raise AssertionError(f"{' '.join(cmd)} hung twice\nstdout:\n{out}\nstderr:\n{err}") from None
+            r = subprocess.CompletedProcess(cmd, "timeout", out, err)
         if r.returncode == 0 or attempt == 2:
             break
         warnings.warn(f"torchrun launch failed (exit {r.returncode}), retrying once:\n{r.stderr[-2000:]}")
