@@ -483,9 +483,8 @@ def train_command(
         model_cfg.check_image_size(data_cfg.image_size)
         if cfg["schedule"] != "linear" and (beta_start is not None or beta_end is not None):
             raise DDPMCheckError(f"--beta-start/--beta-end apply to the linear schedule only, not {cfg['schedule']!r}")
-        sched_cfg = ScheduleConfig(kind=cfg["schedule"], T=cfg["timesteps"],
-                                   beta_start=1e-4 if beta_start is None else beta_start,
-                                   beta_end=0.02 if beta_end is None else beta_end)
+        betas = {k: v for k, v in (("beta_start", beta_start), ("beta_end", beta_end)) if v is not None}
+        sched_cfg = ScheduleConfig(kind=cfg["schedule"], T=cfg["timesteps"], **betas)  # else its defaults
         train_cfg = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                                 ema_decay=cfg["ema_decay"], loss=cfg["loss"], seed=seed)
         if out is not None:
@@ -848,7 +847,10 @@ def check(
             raise DDPMCheckError("--steps applies to the network check only (check network, or check all --network)")
     sched = _check_schedule(schedule, T, beta_start, beta_end)
     root = st.DEFAULT_ROOT_SEED if seed is None else seed
-    options = {} if steps is None else {"steps": steps}
+
+    def options(n: str) -> dict:  # only the network check takes options (run_check refuses them elsewhere)
+        return {"steps": steps} if steps is not None and n == "network" else {}
+
     console = _console()
     if not console.is_terminal and console.width < _CHECK_WIDTH:  # piped: room for the table
         from rich.console import Console
@@ -859,12 +861,12 @@ def check(
     for n in names:
         if as_json:
             results.append(mc.run_check(n, samples=samples, seed=root, schedule=sched, variant=variant,
-                                        **(options if n == "network" else {})))
+                                        **options(n)))
         else:
             with err.status(f"check {n} ...") as status:
                 results.append(mc.run_check(n, samples=samples, seed=root, schedule=sched, variant=variant,
                                             progress=lambda msg: status.update(msg),
-                                            **(options if n == "network" else {})))
+                                            **options(n)))
     ok = all(r.passed for r in results)
     if as_json:
         print_json({"passed": ok, "root_seed": root, "alpha_fw": st.ALPHA_FW, "beta": st.BETA,
