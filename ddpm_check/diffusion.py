@@ -140,15 +140,16 @@ class GaussianDiffusion:
                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q(x_{t-1} | x_t, x_0) = N(mu_tilde_t, beta_tilde_t I)   (Ho et al. eqs. 6-7).
 
-        mu_tilde_t = coef1 x_t + coef2 x_0, coef1 = sqrt(alpha_t)(1 - alpha_bar_{t-1})/(1 - alpha_bar_t),
-        coef2 = sqrt(alpha_bar_{t-1}) beta_t/(1 - alpha_bar_t); beta_tilde_t = (1 - alpha_bar_{t-1})/(1 - alpha_bar_t) beta_t.
+        mu_tilde_t = coef1 x_0 + coef2 x_t, coef1 = sqrt(alpha_bar_{t-1}) beta_t/(1 - alpha_bar_t),
+        coef2 = sqrt(alpha_t)(1 - alpha_bar_{t-1})/(1 - alpha_bar_t) (improved-diffusion's names);
+        beta_tilde_t = (1 - alpha_bar_{t-1})/(1 - alpha_bar_t) beta_t.
         Shapes: x_0, x_t [N, ...], t [N] -> (mean, variance, log_variance), each [N, ...]
         (variance and log_variance are broadcast views; log_variance is the clipped log).
         """
         self._check_same_shape(x_0=x_0, x_t=x_t)
         t = self._check_t(t, x_t)
         nd = x_t.ndim
-        mean = self._extract(self.posterior_mean_coef1, t, nd) * x_t + self._extract(self.posterior_mean_coef2, t, nd) * x_0
+        mean = self._extract(self.posterior_mean_coef1, t, nd) * x_0 + self._extract(self.posterior_mean_coef2, t, nd) * x_t
         var = self._extract(self.posterior_variance, t, nd).expand(x_t.shape)
         log_var = self._extract(self.posterior_log_variance_clipped, t, nd).expand(x_t.shape)
         return mean, var, log_var
@@ -184,8 +185,8 @@ class GaussianDiffusion:
             self.sqrt_alphas_cumprod, t, nd)
         if clip_denoised:
             pred_x0 = pred_x0.clamp(-1.0, 1.0)
-            mean = (self._extract(self.posterior_mean_coef1, t, nd) * x_t
-                    + self._extract(self.posterior_mean_coef2, t, nd) * pred_x0)
+            mean = (self._extract(self.posterior_mean_coef1, t, nd) * pred_x0
+                    + self._extract(self.posterior_mean_coef2, t, nd) * x_t)
         else:
             mean = self._extract(self.sqrt_recip_alphas, t, nd) * (x_t - self._extract(self.eps_coef, t, nd) * eps)
         return {

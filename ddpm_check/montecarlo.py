@@ -237,8 +237,8 @@ def _sched_posterior_with_one_minus_alpha(s: Schedule) -> Schedule:
     den = 1.0 - s.alphas
     return _replace(
         s,
-        posterior_mean_coef1=np.sqrt(s.alphas) * (1.0 - s.alphas_cumprod_prev) / den,
-        posterior_mean_coef2=np.sqrt(s.alphas_cumprod_prev) * s.betas / den,
+        posterior_mean_coef1=np.sqrt(s.alphas_cumprod_prev) * s.betas / den,
+        posterior_mean_coef2=np.sqrt(s.alphas) * (1.0 - s.alphas_cumprod_prev) / den,
         posterior_variance=(1.0 - s.alphas_cumprod_prev) / den * s.betas,
     )
 
@@ -278,15 +278,15 @@ def _build_variants() -> dict[str, dict[str, Variant]]:
           results=_edit("posterior", ["posterior_variance"], lambda e: _sym().beta_t),
           schedule=lambda s: _replace(s, posterior_variance=s.betas)),
         V("alpha_for_sqrt_alpha",
-          "coef1 with alpha_t where sqrt(alpha_t) belongs (derivation and schedule array)",
-          results=_edit("posterior", ["posterior_mean_coef1"],
-                        lambda e: _half_powers_to_full(e, _sym().alpha_t)),
-          schedule=lambda s: _replace(s, posterior_mean_coef1=s.posterior_mean_coef1 * np.sqrt(s.alphas))),
-        V("alpha_bar_for_sqrt_alpha_bar",
-          "coef2 with alpha_bar_{t-1} where sqrt(alpha_bar_{t-1}) belongs",
+          "coef2 (of x_t) with alpha_t where sqrt(alpha_t) belongs (derivation and schedule array)",
           results=_edit("posterior", ["posterior_mean_coef2"],
+                        lambda e: _half_powers_to_full(e, _sym().alpha_t)),
+          schedule=lambda s: _replace(s, posterior_mean_coef2=s.posterior_mean_coef2 * np.sqrt(s.alphas))),
+        V("alpha_bar_for_sqrt_alpha_bar",
+          "coef1 (of x_0) with alpha_bar_{t-1} where sqrt(alpha_bar_{t-1}) belongs",
+          results=_edit("posterior", ["posterior_mean_coef1"],
                         lambda e: _half_powers_to_full(e, _sym().alpha_bar_tm1)),
-          schedule=lambda s: _replace(s, posterior_mean_coef2=s.posterior_mean_coef2 * np.sqrt(s.alphas_cumprod_prev))),
+          schedule=lambda s: _replace(s, posterior_mean_coef1=s.posterior_mean_coef1 * np.sqrt(s.alphas_cumprod_prev))),
         V("one_minus_alpha_for_one_minus_alpha_bar",
           "1 - alpha_t where 1 - alpha_bar_t belongs (coefficients and variance)",
           results=_edit("posterior", ["posterior_mean_coef1", "posterior_mean_coef2", "posterior_variance"],
@@ -298,9 +298,9 @@ def _build_variants() -> dict[str, dict[str, Variant]]:
           schedule=lambda s: _replace(s, posterior_mean_coef1=_shift(s.posterior_mean_coef1),
                                       posterior_mean_coef2=_shift(s.posterior_mean_coef2),
                                       posterior_variance=_shift(s.posterior_variance))),
-        V("schedule_coef2_alpha_bar_t",
-          "code bug only: posterior_mean_coef2 computed with sqrt(alpha_bar_t) for sqrt(alpha_bar_{t-1})",
-          schedule=lambda s: _replace(s, posterior_mean_coef2=np.sqrt(s.alphas_cumprod) * s.betas
+        V("schedule_coef1_alpha_bar_t",
+          "code bug only: posterior_mean_coef1 computed with sqrt(alpha_bar_t) for sqrt(alpha_bar_{t-1})",
+          schedule=lambda s: _replace(s, posterior_mean_coef1=np.sqrt(s.alphas_cumprod) * s.betas
                                       / (1.0 - s.alphas_cumprod))),
     ]
     mean_eps = [
@@ -582,7 +582,7 @@ def check_marginal(ctx: _Context) -> None:
 
 
 # ============================================================================================
-# 2. posterior: q(x_{t-1} | x_t, x_0) = N(coef1 x_t + coef2 x_0, beta_tilde_t)   (eqs. 6-7)
+# 2. posterior: q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, beta_tilde_t)   (eqs. 6-7)
 # ============================================================================================
 POSTERIOR_X0 = (-3.0, 1.0, 10.0)
 
@@ -600,6 +600,7 @@ def check_posterior(ctx: _Context) -> None:
     x0s = POSTERIOR_X0
 
     def derived(i):
+        """(coef1, coef2, beta_tilde) at 0-based index i: coef1 multiplies x_0, coef2 x_t."""
         kw = ctx.inputs(sched, i)
         return (np.asarray(f["posterior_mean_coef1"](**kw), dtype=np.float64),
                 np.asarray(f["posterior_mean_coef2"](**kw), dtype=np.float64),
@@ -621,8 +622,8 @@ def check_posterior(ctx: _Context) -> None:
             se_b = math.sqrt(max(v, 0.0) / sxx)
             se_a = math.sqrt(max(v, 0.0) * (1.0 / n + mean_xt**2 / sxx))
             sd_prev = math.sqrt(1.0 - sched.alphas_cumprod_prev[i])  # the scale of x_{t-1}
-            for what, se_, ref, sd_ in (("slope", se_b, c1, math.sqrt(max(v, 0.0) / var_xt)),
-                                        ("intercept", se_a, c2 * x0, sd_prev)):
+            for what, se_, ref, sd_ in (("slope", se_b, c2, math.sqrt(max(v, 0.0) / var_xt)),
+                                        ("intercept", se_a, c1 * x0, sd_prev)):
                 d = S.mean_detectable_delta(se_, 1, alpha)
                 limit = MAX_REL_DELTA * max(abs(ref), sd_)
                 if limit > 0:
@@ -667,9 +668,9 @@ def check_posterior(ctx: _Context) -> None:
             where = f"t={t} x0={_fmt_x0(x0)}"
             for src in sources:
                 e1, e2, ev = expect[src]
-                slope, icpt, resid = S.ols_tests(fit, e1, e2 * x0, ev, alpha)
-                ctx.add("slope = coef1", where, src, slope)
-                ctx.add("intercept = coef2 x0", where, src, icpt)
+                slope, icpt, resid = S.ols_tests(fit, e2, e1 * x0, ev, alpha)
+                ctx.add("slope = coef2", where, src, slope)
+                ctx.add("intercept = coef1 x0", where, src, icpt)
                 ctx.add("resid var = beta_tilde", where, src, resid)
 
 
@@ -724,7 +725,7 @@ def check_mean_eps(ctx: _Context) -> None:
     ra = 1.0 / np.sqrt(sched.alphas[i])
     eps_c = sched.betas[i] / np.sqrt(1.0 - ab)
     # magnitudes of the terms of both forms (x_t's own rounding enters through mag_xt)
-    scale_mu = (ra * (mag_xt + eps_c * np.abs(eps)) + np.abs(c1) * mag_xt + np.abs(c2 * x0)) * kappa
+    scale_mu = (ra * (mag_xt + eps_c * np.abs(eps)) + np.abs(c2) * mag_xt + np.abs(c1 * x0)) * kappa
     ctx.add("mu_tilde eps-form = (x_t,x_0)-form", "all t", "derivation vs derivation",
             S.exact_test(mu_eps, mu_x0, scale_mu, MEAN_EPS_BUDGET_ULPS))
 

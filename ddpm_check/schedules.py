@@ -18,10 +18,12 @@ With beta_t the variance of the forward step q(x_t | x_{t-1}) = N(sqrt(1 - beta_
     posterior_log_variance_clipped[i] = log beta_tilde_t, with index 0 (where beta_tilde_1 = 0)
                                         replaced by index 1, as in improved-diffusion; for T = 1
                                         there is no index 1 and log beta_1 is used instead
-    posterior_mean_coef1[i]           = sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)   (eq. 7)
-    posterior_mean_coef2[i]           = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t)          (eq. 7)
+    posterior_mean_coef1[i]           = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t)          (eq. 7)
+    posterior_mean_coef2[i]           = sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)   (eq. 7)
 
-so that q(x_{t-1} | x_t, x_0) = N(coef1 x_t + coef2 x_0, beta_tilde_t I).
+so that q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, beta_tilde_t I): coef1 multiplies x_0 and
+coef2 multiplies x_t, in the order of Ho et al. eq. 7 and with improved-diffusion's (and
+guided-diffusion's) names, so arrays port between the two under the same name.
 
 This module imports neither torch (until ``Schedule.to_torch``) nor sympy: the arrays are computed
 directly with numpy, and the tests compare them with the lambdified sympy derivations.
@@ -268,8 +270,8 @@ class Schedule:
         # With T = 1 there is no index 1; the other choice of Ho et al. (sigma^2 = beta_t) is used.
         first = pv[1] if b.size > 1 else b[0]
         plv = np.log(np.concatenate(([first], pv[1:])))
-        coef1 = np.sqrt(alphas) * (1.0 - acp_prev) / one_minus_acp        # eq. 7
-        coef2 = np.sqrt(acp_prev) * b / one_minus_acp                     # eq. 7
+        coef1 = np.sqrt(acp_prev) * b / one_minus_acp                     # eq. 7, multiplies x_0
+        coef2 = np.sqrt(alphas) * (1.0 - acp_prev) / one_minus_acp        # eq. 7, multiplies x_t
         return cls(
             config=config,
             betas=_readonly(b),

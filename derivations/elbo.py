@@ -283,14 +283,14 @@ def build() -> Derivation:
         Step(
             "x0-difference",
             S.mu_tilde_t - S.mu_theta,
-            coef2 * (S.x_0 - S.x_hat_0),
+            coef1 * (S.x_0 - S.x_hat_0),
             "x_0-parameterisation: μ_θ = μ̃_t(x_t, x̂_θ), the posterior mean with the prediction x̂_θ of x_0",
             "eq. 7",
-            given=((S.mu_tilde_t, P.mu_tilde_t), (S.mu_theta, coef1 * S.x_t + coef2 * S.x_hat_0)),
+            given=((S.mu_tilde_t, P.mu_tilde_t), (S.mu_theta, coef1 * S.x_hat_0 + coef2 * S.x_t)),
         ),
         Step(
             "x0-weight",
-            coef2**2 / (2 * bt),
+            coef1**2 / (2 * bt),
             (S.SNR(S.t - 1) - S.SNR(S.t)) / 2,
             "so with σ_t² = β̃_t the weight of ‖x_0 - x̂_θ‖² is half the drop in SNR (t ≥ 2)",
             given=(beta_tilde_def,) + SNR_DEFS + P.RECURSION,

@@ -74,20 +74,20 @@ def build() -> Derivation:
         Step(
             "substitute",
             S.mu_tilde_t,
-            coef1 * xt + coef2 * x_0_from_eps,
+            coef1 * x_0_from_eps + coef2 * xt,
             "replace x_0 by its expression in x_t and ε",
             given=(mu_def, (xt, reparam)),
         ),
         Step(
             "coef-x_t",
-            coef1 + coef2 / sqrt(ab),
+            coef2 + coef1 / sqrt(ab),
             1 / sqrt(a),
             "collect x_t, with ᾱ_t = α_t ᾱ_{t-1} and β_t = 1 - α_t",
             given=P.RECURSION,
         ),
         Step(
             "coef-eps",
-            coef2 * sqrt(1 - ab) / sqrt(ab),
+            coef1 * sqrt(1 - ab) / sqrt(ab),
             b / (sqrt(a) * sqrt(1 - ab)),
             "collect ε",
             given=P.RECURSION,

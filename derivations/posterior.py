@@ -10,10 +10,13 @@ and the normalising constants) does not depend on x_{t-1}: it is exactly the nor
 
 Results (sympy expressions in alpha_t, alpha_bar_t, alpha_bar_tm1, beta_t, x_t, x_0):
 
-- ``posterior_mean_coef1``: √α_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t), the coefficient of x_t in μ̃_t;
-- ``posterior_mean_coef2``: √ᾱ_{t-1} β_t / (1 - ᾱ_t), the coefficient of x_0 in μ̃_t;
+- ``posterior_mean_coef1``: √ᾱ_{t-1} β_t / (1 - ᾱ_t), the coefficient of x_0 in μ̃_t;
+- ``posterior_mean_coef2``: √α_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t), the coefficient of x_t in μ̃_t;
 - ``posterior_variance``: β̃_t = (1 - ᾱ_{t-1}) / (1 - ᾱ_t) · β_t;
-- ``mu_tilde_t``: coef1 · x_t + coef2 · x_0.
+- ``mu_tilde_t``: coef1 · x_0 + coef2 · x_t.
+
+The coefficients are numbered in the order of eq. 7 (x_0 first), as improved-diffusion and
+guided-diffusion name their arrays.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ TITLE = "q(x_{t-1} | x_t, x_0): Bayes' rule and completing the square (eqs. 6-7)
 a, ab, abm1, b = S.alpha_t, S.alpha_bar_t, S.alpha_bar_tm1, S.beta_t
 xt, xtm1, x0 = S.x_t, S.x_tm1, S.x_0
 
-posterior_mean_coef1 = sqrt(a) * (1 - abm1) / (1 - ab)
-posterior_mean_coef2 = sqrt(abm1) * b / (1 - ab)
+posterior_mean_coef1 = sqrt(abm1) * b / (1 - ab)  # multiplies x_0 (eq. 7's first term)
+posterior_mean_coef2 = sqrt(a) * (1 - abm1) / (1 - ab)  # multiplies x_t
 posterior_variance = (1 - abm1) / (1 - ab) * b
-mu_tilde_t = posterior_mean_coef1 * xt + posterior_mean_coef2 * x0
+mu_tilde_t = posterior_mean_coef1 * x0 + posterior_mean_coef2 * xt
 
 #: the forward-process facts used: ᾱ_t = α_t ᾱ_{t-1} and β_t = 1 - α_t
 RECURSION = ((ab, a * abm1), (b, 1 - a))
@@ -177,7 +180,7 @@ def build() -> Derivation:
             "mu_tilde_t": mu_tilde_t,
         },
         notes=(
-            "At t = 1, ᾱ_0 = 1 gives β̃_1 = 0, coef1 = 0, coef2 = 1: the posterior is a point mass at x_0.",
+            "At t = 1, ᾱ_0 = 1 gives β̃_1 = 0, coef1 = 1, coef2 = 0: the posterior is a point mass at x_0.",
         ),
     )
 

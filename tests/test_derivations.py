@@ -82,8 +82,8 @@ EXPECTED = {
         "alpha_bar_t": a * abm1,
     },
     "posterior": {
-        "posterior_mean_coef1": sqrt(a) * (1 - abm1) / (1 - ab),
-        "posterior_mean_coef2": sqrt(abm1) * b / (1 - ab),
+        "posterior_mean_coef1": sqrt(abm1) * b / (1 - ab),
+        "posterior_mean_coef2": sqrt(a) * (1 - abm1) / (1 - ab),
         "posterior_variance": (1 - abm1) / (1 - ab) * b,
         "mu_tilde_t": sqrt(a) * (1 - abm1) / (1 - ab) * S.x_t + sqrt(abm1) * b / (1 - ab) * S.x_0,
     },
@@ -135,8 +135,8 @@ def _schedule(rng, T):
 
 def _numpy_expected(kw, x_t, x_0, eps, sigma):
     al, be, cum, prev = kw["alpha_t"], kw["beta_t"], kw["alpha_bar_t"], kw["alpha_bar_tm1"]
-    c1 = np.sqrt(al) * (1 - prev) / (1 - cum)
-    c2 = np.sqrt(prev) * be / (1 - cum)
+    c1 = np.sqrt(prev) * be / (1 - cum)  # multiplies x_0
+    c2 = np.sqrt(al) * (1 - prev) / (1 - cum)  # multiplies x_t
     return {
         ("marginal", "x_t_mean_coef"): np.sqrt(cum),
         ("marginal", "x_t_variance"): 1 - cum,
@@ -144,7 +144,7 @@ def _numpy_expected(kw, x_t, x_0, eps, sigma):
         ("posterior", "posterior_mean_coef1"): c1,
         ("posterior", "posterior_mean_coef2"): c2,
         ("posterior", "posterior_variance"): be * (1 - prev) / (1 - cum),
-        ("posterior", "mu_tilde_t"): c1 * x_t + c2 * x_0,
+        ("posterior", "mu_tilde_t"): c1 * x_0 + c2 * x_t,
         ("mean-eps", "mu_tilde_t_eps"): (x_t - be / np.sqrt(1 - cum) * eps) / np.sqrt(al),
         ("mean-eps", "x_0_from_eps"): (x_t - np.sqrt(1 - cum) * eps) / np.sqrt(cum),
         ("mean-eps", "posterior_variance"): be * (1 - prev) / (1 - cum),
@@ -192,11 +192,11 @@ def test_kl_gaussian_matches_numerical_integral():
 
 
 def test_t1_values():
-    """At t = 1 (array index 0, alphas_cumprod_prev[0] = 1): β̃_1 = 0, coef1 = 0, coef2 = 1."""
+    """At t = 1 (array index 0, alphas_cumprod_prev[0] = 1): β̃_1 = 0, coef1 = 1, coef2 = 0."""
     kw = _schedule(np.random.default_rng(7), 10)
     assert derivations.numeric("posterior", "posterior_variance")(**kw)[0] == 0.0
-    assert derivations.numeric("posterior", "posterior_mean_coef1")(**kw)[0] == 0.0
-    np.testing.assert_allclose(derivations.numeric("posterior", "posterior_mean_coef2")(**kw)[0], 1.0, rtol=1e-10)
+    assert derivations.numeric("posterior", "posterior_mean_coef2")(**kw)[0] == 0.0
+    np.testing.assert_allclose(derivations.numeric("posterior", "posterior_mean_coef1")(**kw)[0], 1.0, rtol=1e-10)
 
 
 def test_note_about_T300_signal_left():

@@ -93,12 +93,12 @@ def test_q_posterior_mean_variance_values(diff64, sched):
     b = sched.betas
     for k, i in enumerate(t.tolist()):
         ab, abp = _alpha_bar(b, i), (_alpha_bar(b, i - 1) if i > 0 else 1.0)
-        c1 = math.sqrt(1 - b[i]) * (1 - abp) / (1 - ab)
-        c2 = math.sqrt(abp) * b[i] / (1 - ab)
+        c1 = math.sqrt(abp) * b[i] / (1 - ab)  # multiplies x_0
+        c2 = math.sqrt(1 - b[i]) * (1 - abp) / (1 - ab)  # multiplies x_t
         v = (1 - abp) / (1 - ab) * b[i]
-        torch.testing.assert_close(mean[k], c1 * xt[k] + c2 * x0[k], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(mean[k], c1 * x0[k] + c2 * xt[k], rtol=1e-12, atol=1e-14)
         assert_allclose(var[k].numpy(), v, rtol=1e-12)
-    # t = 1: the posterior is x_0 itself (coef2 = beta_1 / (1 - (1 - beta_1)) is 1 up to eps / beta_1)
+    # t = 1: the posterior is x_0 itself (coef1 = beta_1 / (1 - (1 - beta_1)) is 1 up to eps / beta_1)
     assert torch.all(var[0] == 0)
     torch.testing.assert_close(mean[0], x0[0], rtol=100 * EPS64 / b[0], atol=0)
     torch.testing.assert_close(log_var[0], log_var[1], rtol=0, atol=0)  # clipped log at index 0

@@ -80,7 +80,7 @@ def test_marginal_probes_where_bugs_show():
 def test_posterior_tests_derivation_and_schedule_arrays():
     res = _run("posterior")
     srcs = {(r.quantity, r.source) for r in res.tests}
-    for q in ("slope = coef1", "intercept = coef2 x0", "resid var = beta_tilde"):
+    for q in ("slope = coef2", "intercept = coef1 x0", "resid var = beta_tilde"):
         assert (q, "derivation") in srcs and (q, "schedule") in srcs
 
 
@@ -114,9 +114,9 @@ def test_every_check_has_wrong_variants():
 
 
 def test_a_code_only_bug_is_caught_by_the_exact_rows():
-    """coef2 computed with alpha_bar_t for alpha_bar_{t-1}: a 1e-4 relative error that no
+    """coef1 computed with alpha_bar_t for alpha_bar_{t-1}: a 1e-4 relative error that no
     regression at this n can see; the exact comparison with the derivation does."""
-    res = _run("posterior", "schedule_coef2_alpha_bar_t")
+    res = _run("posterior", "schedule_coef1_alpha_bar_t")
     assert {r.kind for r in res.failures} == {"exact"}
 
 
@@ -127,8 +127,8 @@ def test_variants_built_by_sympy_substitution_change_the_formula():
 
     res = dict(derivations.get("posterior").results)
     new = mc._VARIANTS["posterior"]["alpha_for_sqrt_alpha"].results("posterior", res)
-    # alpha_t where sqrt(alpha_t) belongs: the wrong coef1 is the right one times sqrt(alpha_t)
-    assert sp.simplify(new["posterior_mean_coef1"] / res["posterior_mean_coef1"] - sp.sqrt(alpha_t)) == 0
+    # alpha_t where sqrt(alpha_t) belongs: the wrong coef2 (of x_t) is the right one times sqrt(alpha_t)
+    assert sp.simplify(new["posterior_mean_coef2"] / res["posterior_mean_coef2"] - sp.sqrt(alpha_t)) == 0
     assert new["posterior_variance"] == res["posterior_variance"]
     m = dict(derivations.get("marginal").results)
     wrong = mc._VARIANTS["marginal"]["one_minus_alpha_for_one_minus_alpha_bar"].results("marginal", m)

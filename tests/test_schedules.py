@@ -34,10 +34,10 @@ HAND_T3 = {
     "posterior_variance": [0.0, 1 / 14, 7 / 32],
     # index 0 takes index 1's value (improved-diffusion's clipping)
     "posterior_log_variance_clipped": [math.log(1 / 14), math.log(1 / 14), math.log(7 / 32)],
-    # sqrt(alpha)(1 - ab_prev)/(1 - ab): 0, sqrt(0.8)*0.1/0.28, sqrt(0.5)*0.28/0.64
-    "posterior_mean_coef1": [0.0, math.sqrt(0.8) * 5 / 14, math.sqrt(0.5) * 7 / 16],
-    # sqrt(ab_prev) beta/(1 - ab): 1*0.1/0.1, sqrt(0.9)*0.2/0.28, sqrt(0.72)*0.5/0.64
-    "posterior_mean_coef2": [1.0, math.sqrt(0.9) * 5 / 7, math.sqrt(0.72) * 25 / 32],
+    # the coefficient of x_0, sqrt(ab_prev) beta/(1 - ab): 1*0.1/0.1, sqrt(0.9)*0.2/0.28, sqrt(0.72)*0.5/0.64
+    "posterior_mean_coef1": [1.0, math.sqrt(0.9) * 5 / 7, math.sqrt(0.72) * 25 / 32],
+    # the coefficient of x_t, sqrt(alpha)(1 - ab_prev)/(1 - ab): 0, sqrt(0.8)*0.1/0.28, sqrt(0.5)*0.28/0.64
+    "posterior_mean_coef2": [0.0, math.sqrt(0.8) * 5 / 14, math.sqrt(0.5) * 7 / 16],
 }
 
 

@@ -69,11 +69,11 @@ def test_beta_tilde_bounds(betas):
 
 @given(schedules)
 def test_posterior_mean_coefficients_reproduce_sqrt_alpha_bar_prev(betas):
-    """coef1·√ᾱ_t + coef2 = √ᾱ_{t-1}: the posterior mean of x_{t-1} at x_t = √ᾱ_t x_0 (no noise)."""
+    """coef1 + coef2·√ᾱ_t = √ᾱ_{t-1}: the posterior mean of x_{t-1} at x_t = √ᾱ_t x_0 (no noise)."""
     kw = _arrays(betas)
-    c1 = _num("posterior", "posterior_mean_coef1")(**kw)
-    c2 = _num("posterior", "posterior_mean_coef2")(**kw)
-    lhs = c1 * np.sqrt(kw["alpha_bar_t"]) + c2
+    c1 = _num("posterior", "posterior_mean_coef1")(**kw)  # multiplies x_0
+    c2 = _num("posterior", "posterior_mean_coef2")(**kw)  # multiplies x_t
+    lhs = c1 + c2 * np.sqrt(kw["alpha_bar_t"])
     rhs = np.sqrt(kw["alpha_bar_tm1"])
     tol = 8 * EPS / (1 - kw["alpha_bar_t"])  # 1 - ᾱ_t is a difference of nearby numbers
     assert np.all(np.abs(lhs - rhs) <= tol * rhs)
