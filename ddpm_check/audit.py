@@ -33,10 +33,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ddpm_check import stats as S
+from ddpm_check import defaults, stats
 from ddpm_check.errors import DDPMCheckError, check_seed
 from ddpm_check.jsonable import jsonable
-from ddpm_check.schedules import Schedule, make_schedule
+from ddpm_check.schedules import Schedule, ScheduleConfig, make_schedule
 
 HOLDS, ERRATUM, CAVEAT = "holds", "erratum", "caveat"
 VERDICTS = (HOLDS, ERRATUM, CAVEAT)
@@ -95,13 +95,14 @@ def _claim(id: str, title: str, source: str, verdict: str, evidence: dict, lines
 
 
 # ---- shared helpers ---------------------------------------------------------------------------
-def source_schedule(T: int = 300) -> Schedule:
-    """The source's schedule: linear beta from 1e-4 to 0.02 over T steps (T = 300 in the source)."""
-    return make_schedule("linear", T=T, beta_start=1e-4, beta_end=0.02)
+def source_schedule(T: int = defaults.T) -> Schedule:
+    """The source's schedule: linear beta from 1e-4 to 0.02 over T steps (T = 300 in the source;
+    the toolkit's default ``ScheduleConfig`` is the source's)."""
+    return Schedule.from_config(ScheduleConfig(kind="linear", T=T))
 
 
 def _check_samples(samples: Any) -> int:
-    return S.check_samples(samples, minimum=100)
+    return stats.check_samples(samples, minimum=100)
 
 
 def _check_seed(seed: Any) -> int:
@@ -109,7 +110,7 @@ def _check_seed(seed: Any) -> int:
 
 
 def _rng(name: str, seed: int) -> np.random.Generator:
-    return np.random.default_rng(S.seed_sequence_for("audit/" + name, seed))
+    return np.random.default_rng(stats.seed_sequence_for("audit/" + name, seed))
 
 
 def _sched_key(s: Schedule) -> tuple:
@@ -121,7 +122,7 @@ _CHECK_CACHE: dict[tuple, Any] = {}
 
 
 def run_toolkit_check(name: str, schedule: Schedule | None = None, variant: str | None = None,
-                      seed: int = S.DEFAULT_ROOT_SEED):
+                      seed: int = stats.DEFAULT_ROOT_SEED):
     """``ddpm_check.montecarlo.run_check`` at its default sample size, cached per process
     (several claims cite the same check; results are deterministic given the seed)."""
     from ddpm_check import montecarlo
@@ -174,18 +175,12 @@ def _ulps(actual: np.ndarray, expected: np.ndarray) -> float:
     """max |actual - expected| in units of roundoff of |expected| (u = 2^-53)."""
     a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     scale = np.maximum(np.abs(e), np.finfo(np.float64).tiny)
-    return float(np.max(np.abs(a - e) / (scale * S.UNIT_ROUNDOFF)))
+    return float(np.max(np.abs(a - e) / (scale * stats.UNIT_ROUNDOFF)))
 
 
 def _rel(a: Any, b: Any) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
-
-
-def _sym():
-    from derivations import symbols
-
-    return symbols
 
 
 # =============================================================================================
@@ -207,7 +202,7 @@ def forward_step_variances(alphas_0_to_t: Sequence[float], index_shift: int) -> 
 
 
 def claim_forward_step(schedule: Schedule | None = None, index_shift: int = 1, t_max: int = 3,
-                       alpha_0: float = 1.0, samples: int = DEFAULT_SAMPLES, seed: int = S.DEFAULT_ROOT_SEED,
+                       alpha_0: float = 1.0, samples: int = DEFAULT_SAMPLES, seed: int = stats.DEFAULT_ROOT_SEED,
                        checks: bool = True) -> Claim:
     """The source's forward step x_t = sqrt(alpha_{t-1}) x_{t-1} + sqrt(1 - alpha_{t-1}) z.
 
@@ -231,13 +226,13 @@ def claim_forward_step(schedule: Schedule | None = None, index_shift: int = 1, t
     sched = schedule if schedule is not None else source_schedule()
     if sched.T < t_max + 1:
         raise DDPMCheckError(f"the schedule needs T > t_max = {t_max}, got T = {sched.T}")
-    Sy = _sym()
+    from derivations import symbols as S
 
     # ---- symbolic: Var[x_t | x_0] of the recursion vs the closed form's 1 - alpha_1...alpha_t
     a0 = sp.Symbol("alpha_0", positive=True)
-    al = (a0, Sy.alpha_1, Sy.alpha_2, Sy.alpha_3, Sy.alpha_4, Sy.alpha_5)
-    zs = (Sy.z_1, Sy.z_2, Sy.z_3, Sy.z_4, Sy.z_5)
-    x = Sy.x_0
+    al = (a0, S.alpha_1, S.alpha_2, S.alpha_3, S.alpha_4, S.alpha_5)
+    zs = (S.z_1, S.z_2, S.z_3, S.z_4, S.z_5)
+    x = S.x_0
     sym_rows = []
     all_zero = True
     for t in range(1, t_max + 1):
@@ -251,11 +246,11 @@ def claim_forward_step(schedule: Schedule | None = None, index_shift: int = 1, t
                          "difference": str(sp.factor(sp.expand(var - closed))), "equal": zero})
     # the source's own next display, x_t = sqrt(a_t a_{t-1}) x_{t-2} + sqrt(a_t(1-a_{t-1})) z_2 + sqrt(1-a_t) z_1
     atm2 = sp.Symbol("alpha_tm2", positive=True)
-    gen = (atm2, Sy.alpha_tm1, Sy.alpha_t)  # alpha_{t-2}, alpha_{t-1}, alpha_t
-    x1 = sp.sqrt(gen[1 - index_shift]) * Sy.x_tm2 + sp.sqrt(1 - gen[1 - index_shift]) * Sy.z_2  # x_{t-1}
-    two = sp.sqrt(gen[2 - index_shift]) * x1 + sp.sqrt(1 - gen[2 - index_shift]) * Sy.z_1  # x_t
-    display = (sp.sqrt(Sy.alpha_t * Sy.alpha_tm1) * Sy.x_tm2 + sp.sqrt(Sy.alpha_t * (1 - Sy.alpha_tm1)) * Sy.z_2
-               + sp.sqrt(1 - Sy.alpha_t) * Sy.z_1)
+    gen = (atm2, S.alpha_tm1, S.alpha_t)  # alpha_{t-2}, alpha_{t-1}, alpha_t
+    x1 = sp.sqrt(gen[1 - index_shift]) * S.x_tm2 + sp.sqrt(1 - gen[1 - index_shift]) * S.z_2  # x_{t-1}
+    two = sp.sqrt(gen[2 - index_shift]) * x1 + sp.sqrt(1 - gen[2 - index_shift]) * S.z_1  # x_t
+    display = (sp.sqrt(S.alpha_t * S.alpha_tm1) * S.x_tm2 + sp.sqrt(S.alpha_t * (1 - S.alpha_tm1)) * S.z_2
+               + sp.sqrt(1 - S.alpha_t) * S.z_1)
     matches_display = is_zero(sp.expand(two) - sp.expand(display))
 
     # ---- numeric, exact in float64, on the schedule (paper alpha_t = alphas[t - 1])
@@ -264,7 +259,7 @@ def claim_forward_step(schedule: Schedule | None = None, index_shift: int = 1, t
     closed = 1.0 - sched.alphas_cumprod[:t_max]
     rel = np.abs(v - closed) / closed
     # 1 - alpha_bar_t is computed with cancellation (variances ~1e-4): compare absolutely, in units of u
-    numeric_ok = bool(np.all(np.abs(v - closed) <= 64 * S.UNIT_ROUNDOFF * t_max))
+    numeric_ok = bool(np.all(np.abs(v - closed) <= 64 * stats.UNIT_ROUNDOFF * t_max))
 
     # ---- Monte Carlo: the recursion itself, x_0 = 0, variance test (chi2) at t = t_max
     rng = _rng("forward-step", seed)
@@ -272,7 +267,7 @@ def claim_forward_step(schedule: Schedule | None = None, index_shift: int = 1, t
     for t in range(1, t_max + 1):
         a = a_seq[t - index_shift]
         xs = math.sqrt(a) * xs + math.sqrt(1.0 - a) * rng.standard_normal(samples)
-    mc = S.variance_test(xs, float(closed[t_max - 1]), AUDIT_ALPHA)
+    mc = stats.variance_test(xs, float(closed[t_max - 1]), AUDIT_ALPHA)
 
     evidence: dict[str, Any] = {
         "indexing": "alpha_{t-1} (as written)" if index_shift else "alpha_t (corrected)",
@@ -366,7 +361,7 @@ def claim_alpha_to_zero(schedule: Schedule | None = None, near_zero: float = NEA
 # 3. merging two Gaussians (the two-step expansion)
 # =============================================================================================
 def claim_gaussian_merge(merged_variance: Any = None, checks: bool = True,
-                         seed: int = S.DEFAULT_ROOT_SEED) -> Claim:
+                         seed: int = stats.DEFAULT_ROOT_SEED) -> Claim:
     """The source's two-step expansion and the merge of its two noises.
 
     ``merged_variance`` (sympy, in alpha_t, alpha_tm1) is the variance of the merged noise as the
@@ -377,18 +372,19 @@ def claim_gaussian_merge(merged_variance: Any = None, checks: bool = True,
     from derivations.step import is_zero, same_law
 
     t0 = time.perf_counter()
-    Sy = _sym()
-    a, am1 = Sy.alpha_t, Sy.alpha_tm1
+    from derivations import symbols as S
+
+    a, am1 = S.alpha_t, S.alpha_tm1
     mv = 1 - a * am1 if merged_variance is None else sp.sympify(merged_variance)
     # general rule: N(0, s1^2) + N(0, s2^2) = N(0, s1^2 + s2^2) for independent terms
-    rule = same_law(Sy.sigma_1 * Sy.z_1 + Sy.sigma_2 * Sy.z_2, sp.sqrt(Sy.sigma_1**2 + Sy.sigma_2**2) * Sy.z)
+    rule = same_law(S.sigma_1 * S.z_1 + S.sigma_2 * S.z_2, sp.sqrt(S.sigma_1**2 + S.sigma_2**2) * S.z)
     # the source's expansion: substitute x_{t-1} = sqrt(a_{t-1}) x_{t-2} + sqrt(1-a_{t-1}) z_2 into the step
-    x1 = sp.sqrt(am1) * Sy.x_tm2 + sp.sqrt(1 - am1) * Sy.z_2
-    expanded = sp.sqrt(a) * x1 + sp.sqrt(1 - a) * Sy.z_1
-    src_expansion = sp.sqrt(a * am1) * Sy.x_tm2 + sp.sqrt(a * (1 - am1)) * Sy.z_2 + sp.sqrt(1 - a) * Sy.z_1
+    x1 = sp.sqrt(am1) * S.x_tm2 + sp.sqrt(1 - am1) * S.z_2
+    expanded = sp.sqrt(a) * x1 + sp.sqrt(1 - a) * S.z_1
+    src_expansion = sp.sqrt(a * am1) * S.x_tm2 + sp.sqrt(a * (1 - am1)) * S.z_2 + sp.sqrt(1 - a) * S.z_1
     expansion_ok = is_zero(sp.expand(expanded - src_expansion))
-    noise = sp.sqrt(a * (1 - am1)) * Sy.z_2 + sp.sqrt(1 - a) * Sy.z_1
-    merged_ok = same_law(noise, sp.sqrt(mv) * Sy.z)
+    noise = sp.sqrt(a * (1 - am1)) * S.z_2 + sp.sqrt(1 - a) * S.z_1
+    merged_ok = same_law(noise, sp.sqrt(mv) * S.z)
     evidence: dict[str, Any] = {
         "merge_rule_same_law": rule,
         "expansion_equal": expansion_ok,
@@ -421,7 +417,7 @@ def claim_gaussian_merge(merged_variance: Any = None, checks: bool = True,
 # 4. the closed form (*) and 5. the recursion alpha_{t+1} alpha_bar_t = alpha_bar_{t+1}
 # =============================================================================================
 def claim_closed_form(mean_coef: Any = None, variance: Any = None, schedule: Schedule | None = None,
-                      checks: bool = True, seed: int = S.DEFAULT_ROOT_SEED) -> Claim:
+                      checks: bool = True, seed: int = stats.DEFAULT_ROOT_SEED) -> Claim:
     """(*): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) z_t with alpha_bar_t = prod_{i<=t} alpha_i.
 
     ``mean_coef`` and ``variance`` (sympy in alpha_bar_t, ...) as the source writes them; by
@@ -433,17 +429,18 @@ def claim_closed_form(mean_coef: Any = None, variance: Any = None, schedule: Sch
     from derivations.step import same_law
 
     t0 = time.perf_counter()
-    Sy = _sym()
-    mc_ = sp.sqrt(Sy.alpha_bar_t) if mean_coef is None else sp.sympify(mean_coef)
-    var_ = 1 - Sy.alpha_bar_t if variance is None else sp.sympify(variance)
-    alphas = (Sy.alpha_1, Sy.alpha_2, Sy.alpha_3, Sy.alpha_4, Sy.alpha_5)
-    zs = (Sy.z_1, Sy.z_2, Sy.z_3, Sy.z_4, Sy.z_5)
+    from derivations import symbols as S
+
+    mc_ = sp.sqrt(S.alpha_bar_t) if mean_coef is None else sp.sympify(mean_coef)
+    var_ = 1 - S.alpha_bar_t if variance is None else sp.sympify(variance)
+    alphas = (S.alpha_1, S.alpha_2, S.alpha_3, S.alpha_4, S.alpha_5)
+    zs = (S.z_1, S.z_2, S.z_3, S.z_4, S.z_5)
     per_t = []
-    x = Sy.x_0
+    x = S.x_0
     for t in range(1, 6):
         x = forward_step(x, alphas[t - 1], zs[t - 1])
         ab = sp.Mul(*alphas[:t])
-        rhs = mc_.subs(Sy.alpha_bar_t, ab) * Sy.x_0 + sp.sqrt(var_.subs(Sy.alpha_bar_t, ab)) * Sy.eps
+        rhs = mc_.subs(S.alpha_bar_t, ab) * S.x_0 + sp.sqrt(var_.subs(S.alpha_bar_t, ab)) * S.eps
         per_t.append(bool(same_law(sp.expand(x), rhs)))
     sym_ok = all(per_t)
     s = schedule if schedule is not None else source_schedule()
@@ -485,8 +482,9 @@ def claim_alpha_bar_recursion(offset: int = 1, schedule: Schedule | None = None)
     t0 = time.perf_counter()
     if offset not in (0, 1, 2):
         raise DDPMCheckError(f"offset must be 0, 1 or 2, got {offset!r}")
-    Sy = _sym()
-    al = (Sy.alpha_1, Sy.alpha_2, Sy.alpha_3, Sy.alpha_4, Sy.alpha_5)
+    from derivations import symbols as S
+
+    al = (S.alpha_1, S.alpha_2, S.alpha_3, S.alpha_4, S.alpha_5)
     sym = [bool(is_zero(al[t + offset - 1] * sp.Mul(*al[:t]) - sp.Mul(*al[: t + 1]))) for t in range(1, 4)]
     s = schedule if schedule is not None else source_schedule()
     T = s.T
@@ -517,15 +515,16 @@ def source_posterior_formulas() -> dict[str, Any]:
     """The source's posterior formulas, transcribed (sympy)."""
     import sympy as sp
 
-    Sy = _sym()
-    a, ab, abm1, b = Sy.alpha_t, Sy.alpha_bar_t, Sy.alpha_bar_tm1, Sy.beta_t
+    from derivations import symbols as S
+
+    a, ab, abm1, b = S.alpha_t, S.alpha_bar_t, S.alpha_bar_tm1, S.beta_t
     return {
-        "mu": sp.sqrt(a) * (1 - abm1) / (1 - ab) * Sy.x_t + sp.sqrt(abm1) * b / (1 - ab) * Sy.x_0,
+        "mu": sp.sqrt(a) * (1 - abm1) / (1 - ab) * S.x_t + sp.sqrt(abm1) * b / (1 - ab) * S.x_0,
         "sigma2_completed_square": 1 / (a / b + 1 / (1 - abm1)),
         "sigma2": (1 - abm1) / (1 - ab) * b,
-        "mu_eps": (Sy.x_t - b / sp.sqrt(1 - ab) * Sy.eps) / sp.sqrt(a),
-        "sampling_step": (Sy.x_t - b / sp.sqrt(1 - ab) * Sy.eps_theta) / sp.sqrt(a)
-        + sp.sqrt((1 - abm1) / (1 - ab) * b) * Sy.z,
+        "mu_eps": (S.x_t - b / sp.sqrt(1 - ab) * S.eps) / sp.sqrt(a),
+        "sampling_step": (S.x_t - b / sp.sqrt(1 - ab) * S.eps_theta) / sp.sqrt(a)
+        + sp.sqrt((1 - abm1) / (1 - ab) * b) * S.z,
     }
 
 
@@ -535,7 +534,7 @@ def _schedule_kwargs(s: Schedule) -> dict[str, np.ndarray]:
 
 
 def claim_posterior(mu: Any = None, sigma2_completed_square: Any = None, sigma2: Any = None,
-                    schedule: Schedule | None = None, checks: bool = True, seed: int = S.DEFAULT_ROOT_SEED) -> Claim:
+                    schedule: Schedule | None = None, checks: bool = True, seed: int = stats.DEFAULT_ROOT_SEED) -> Claim:
     """The source's mu(x_t, x_0) and sigma^2 = (alpha_t/beta_t + 1/(1 - alpha_bar_{t-1}))^{-1}
     = (1 - alpha_bar_{t-1})/(1 - alpha_bar_t) beta_t, against the 'posterior' derivation (Ho et al. eq. 7)."""
     import sympy as sp
@@ -546,13 +545,14 @@ def claim_posterior(mu: Any = None, sigma2_completed_square: Any = None, sigma2:
     from ddpm_check.diffusion import GaussianDiffusion
 
     t0 = time.perf_counter()
-    Sy = _sym()
+    from derivations import symbols as S
+
     src = source_posterior_formulas()
     mu_ = src["mu"] if mu is None else sp.sympify(mu)
     s2a = src["sigma2_completed_square"] if sigma2_completed_square is None else sp.sympify(sigma2_completed_square)
     s2b = src["sigma2"] if sigma2 is None else sp.sympify(sigma2)
     res = derivations.get("posterior").results
-    given = ((Sy.beta_t, 1 - Sy.alpha_t), (Sy.alpha_bar_t, Sy.alpha_t * Sy.alpha_bar_tm1))
+    given = ((S.beta_t, 1 - S.alpha_t), (S.alpha_bar_t, S.alpha_t * S.alpha_bar_tm1))
 
     def same(e1, e2):
         d = sp.sympify(e1 - e2)
@@ -608,7 +608,7 @@ def claim_posterior(mu: Any = None, sigma2_completed_square: Any = None, sigma2:
 
 
 def claim_sampling_step(mu_eps: Any = None, sampling_step: Any = None, schedule: Schedule | None = None,
-                        checks: bool = True, seed: int = S.DEFAULT_ROOT_SEED) -> Claim:
+                        checks: bool = True, seed: int = stats.DEFAULT_ROOT_SEED) -> Claim:
     """mu_tilde = (x_t - beta_t/sqrt(1-alpha_bar_t) z_t)/sqrt(alpha_t) and the boxed sampling step
     x_{t-1} = mu_theta + sqrt(beta_tilde_t) eps, against 'mean-eps' and GaussianDiffusion.p_sample."""
     import sympy as sp
@@ -619,7 +619,8 @@ def claim_sampling_step(mu_eps: Any = None, sampling_step: Any = None, schedule:
     from ddpm_check.diffusion import GaussianDiffusion
 
     t0 = time.perf_counter()
-    Sy = _sym()
+    from derivations import symbols as S
+
     src = source_posterior_formulas()
     mue = src["mu_eps"] if mu_eps is None else sp.sympify(mu_eps)
     step = src["sampling_step"] if sampling_step is None else sp.sympify(sampling_step)
@@ -708,7 +709,7 @@ def mixture_median(r: np.ndarray, m: np.ndarray, s: np.ndarray, iters: int = 200
 
 
 def claim_training_loss(mixture=None, schedule: Schedule | None = None, samples: int = DEFAULT_SAMPLES,
-                        seed: int = S.DEFAULT_ROOT_SEED, probes: Sequence[float] = (0.99, 0.9, 0.5, 0.1),
+                        seed: int = stats.DEFAULT_ROOT_SEED, probes: Sequence[float] = (0.99, 0.9, 0.5, 0.1),
                         tol: float = 1e-6) -> Claim:
     """The code's L1 loss vs the text's squared error: their minimisers, median(eps | x_t) and
     E[eps | x_t], for 1-D mixture data at the t where alpha_bar_t is nearest each probe (and t = T).
@@ -725,7 +726,7 @@ def claim_training_loss(mixture=None, schedule: Schedule | None = None, samples:
         raise DDPMCheckError(f"the loss claim uses 1-D data, got a mixture of dimension {mix.dim}")
     s = schedule if schedule is not None else source_schedule()
     ts = sorted({int(np.argmin(np.abs(s.alphas_cumprod - p))) + 1 for p in probes} | {s.T})
-    g = S.torch_generator(S.seed_for("audit/training-loss", seed))
+    g = stats.torch_generator(stats.seed_for("audit/training-loss", seed))
     rows = []
     worst = 0.0
     for t in ts:
@@ -791,7 +792,7 @@ def source_sample_timestep(model, x, t, schedule: Schedule, randn_like: Callable
 
 
 def claim_t_equals_zero(t_batch: Sequence[int] = (0, 5), schedule: Schedule | None = None,
-                        seed: int = S.DEFAULT_ROOT_SEED) -> Claim:
+                        seed: int = stats.DEFAULT_ROOT_SEED) -> Claim:
     """The source's ``if t == 0`` with a batch of timesteps ``t_batch`` (0-based), and the fix
     ``GaussianDiffusion.p_sample`` (no noise exactly where t == 0, per element)."""
     import torch
@@ -804,7 +805,7 @@ def claim_t_equals_zero(t_batch: Sequence[int] = (0, 5), schedule: Schedule | No
     if not tb or any(v < 0 or v >= s.T for v in tb):
         raise DDPMCheckError(f"t_batch must be a non-empty list of 0-based steps in 0..{s.T - 1}, got {list(t_batch)!r}")
     n = len(tb)
-    g = S.torch_generator(S.seed_for("audit/t-equals-zero", seed))
+    g = stats.torch_generator(stats.seed_for("audit/t-equals-zero", seed))
     x = torch.randn(n, 1, 4, 4, generator=g, dtype=torch.float64)
     t = torch.tensor(tb, dtype=torch.long)
     noise1 = torch.randn(x.shape, generator=g, dtype=torch.float64)
@@ -897,7 +898,7 @@ def find_column_permutation(a: np.ndarray, b: np.ndarray, atol: float) -> list[i
 
 
 def claim_embedding_order(dim: int = 32, T: int = 300, interleaved_divisor: str = "half-1",
-                          seed: int = S.DEFAULT_ROOT_SEED) -> Claim:
+                          seed: int = stats.DEFAULT_ROOT_SEED) -> Claim:
     """"TODO: Double check the ordering": the code concatenates (sines, cosines); the comment
     describes interleaved (sin, cos) pairs.  The two are the same features up to a fixed
     permutation, which the following Linear absorbs (permute its input columns).
@@ -923,7 +924,7 @@ def claim_embedding_order(dim: int = 32, T: int = 300, interleaved_divisor: str 
     inter = torch.as_tensor(interleaved_embedding(times.numpy(), freqs))
     atol = 1e-4  # the code's embedding is float32: |t w| <= 300, so sin/cos carry ~1e-5 absolute error
     perm = find_column_permutation(inter.numpy(), concat.numpy(), atol)
-    g = torch.Generator().manual_seed(S.seed_for("audit/embedding-order", seed) % (2**63))
+    g = torch.Generator().manual_seed(stats.seed_for("audit/embedding-order", seed) % (2**63))
     lin = torch.nn.Linear(dim, dim, dtype=torch.float64)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(dim, dim, generator=g, dtype=torch.float64) / math.sqrt(dim))
@@ -1022,7 +1023,7 @@ def tv_prior_worst(alpha_bar_T: float) -> float:
 
 
 def claim_terminal_prior(T: int = 300, kind: str = "linear", sampler: bool = True,
-                         seed: int = S.DEFAULT_ROOT_SEED, compare_T: int = 1000) -> Claim:
+                         seed: int = stats.DEFAULT_ROOT_SEED, compare_T: int = 1000) -> Claim:
     """T = 300 with the linear schedule: x_T keeps sqrt(alpha_bar_T) of x_0, and sampling starts from
     N(0, I) instead of q(x_T).  Caveat when L_T (data uniform on [-1, 1]) exceeds ten times Ho et
     al.'s 1e-5 bits per dimension; the sampler check (exact denoiser) shows the effect on samples."""
@@ -1049,7 +1050,7 @@ def claim_terminal_prior(T: int = 300, kind: str = "linear", sampler: bool = Tru
         f"one coordinate: TV(q(x_T|x_0), N(0,1)) <= {tv:.3g} for every |x_0| <= 1",
     ]
     if sampler:
-        from ddpm_check.montecarlo import sampler_mixture
+        from ddpm_check.montecarlo.sampler import sampler_mixture
 
         ks = {}
         for TT in (T, compare_T):
@@ -1205,13 +1206,13 @@ def resolve_ids(only: Iterable[str] | None) -> list[str]:
     return ids
 
 
-def run_audit(samples: int = DEFAULT_SAMPLES, seed: int = S.DEFAULT_ROOT_SEED, only: Iterable[str] | None = None,
+def run_audit(samples: int = DEFAULT_SAMPLES, seed: int = stats.DEFAULT_ROOT_SEED, only: Iterable[str] | None = None,
               progress: Callable[[str], Any] | None = None) -> list[Claim]:
     """Audit the source's claims (all, or those in ``only``), in order.  Never raises for a verdict."""
     samples, seed = _check_samples(samples), _check_seed(seed)
     ids = resolve_ids(only)
     out = []
-    from ddpm_check.montecarlo import single_thread
+    from ddpm_check.runtime import single_thread
 
     with single_thread():
         for cid in ids:

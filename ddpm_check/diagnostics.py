@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ddpm_check.errors import DDPMCheckError
-from ddpm_check.schedules import Schedule, ScheduleConfig
+from ddpm_check.schedules import OPTION_KINDS, Schedule, ScheduleConfig
 
 #: L_T of Ho et al. 2020's own schedule (linear 1e-4..0.02, T = 1000), "≈ 1e-5 bits per dimension" (sec. 4)
 HO_L_T_BITS: float = 1e-5
@@ -40,7 +40,6 @@ HO_L_T_BITS: float = 1e-5
 UNIFORM_X0_SQ: float = 1.0 / 3.0
 LN2: float = math.log(2.0)
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
-SPEC_KINDS = ("linear", "cosine")
 SPEC_HELP = (
     "KIND:T[:BETA_START:BETA_END], e.g. linear:300:1e-4:0.02 (the source), linear:1000 "
     "(betas default to 1e-4 and 0.02) or cosine:1000 (no betas)"
@@ -90,8 +89,8 @@ def parse_spec(spec: str) -> ScheduleConfig:
     if not text or len(parts) < 2:
         raise DDPMCheckError(f"schedule spec {spec!r} is malformed; expected {SPEC_HELP}")
     kind = parts[0].lower()
-    if kind not in SPEC_KINDS:
-        raise DDPMCheckError(f"schedule spec {spec!r}: unknown kind {parts[0]!r}; choose one of {', '.join(SPEC_KINDS)}")
+    if kind not in OPTION_KINDS:
+        raise DDPMCheckError(f"schedule spec {spec!r}: unknown kind {parts[0]!r}; choose one of {', '.join(OPTION_KINDS)}")
     T = _parse_number(parts[1], "T", spec, int)
     if kind == "cosine":
         if len(parts) != 2:
@@ -100,9 +99,10 @@ def parse_spec(spec: str) -> ScheduleConfig:
     else:
         if len(parts) not in (2, 4):
             raise DDPMCheckError(f"schedule spec {spec!r}: give both BETA_START and BETA_END or neither; expected {SPEC_HELP}")
-        b0, b1 = (1e-4, 0.02) if len(parts) == 2 else (
-            _parse_number(parts[2], "BETA_START", spec), _parse_number(parts[3], "BETA_END", spec))
-        kw = {"kind": "linear", "T": T, "beta_start": b0, "beta_end": b1}
+        kw = {"kind": "linear", "T": T}  # without betas: ScheduleConfig's defaults (the source's)
+        if len(parts) == 4:
+            kw.update(beta_start=_parse_number(parts[2], "BETA_START", spec),
+                      beta_end=_parse_number(parts[3], "BETA_END", spec))
     try:
         return ScheduleConfig(**kw)
     except DDPMCheckError as exc:

@@ -109,6 +109,11 @@ def load_sampler(path: str | Path, device: str = "auto") -> Sampler:
     return s
 
 
+def count_non_finite(x: torch.Tensor) -> int:
+    """How many samples [N, ...] hold a NaN or inf anywhere."""
+    return int((~torch.isfinite(x).flatten(1).all(dim=1)).sum())
+
+
 def available_memory() -> int | None:
     """Bytes of memory the system can still give this process (Linux MemAvailable), or None."""
     try:

@@ -37,9 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from ddpm_check import defaults
 from ddpm_check.errors import DDPMCheckError
 
 KINDS = ("linear", "cosine", "custom")
+#: the kinds a user names by an option (a custom schedule is given by its betas instead)
+OPTION_KINDS = ("linear", "cosine")
 
 #: The names of the float64 arrays a Schedule holds (each of length T), in a stable order.
 ARRAY_NAMES = (
@@ -110,7 +113,8 @@ def _check_betas(betas: Any, T: int | None = None) -> np.ndarray:
 
 
 # ---- beta schedules ---------------------------------------------------------------------------
-def linear_betas(T: int = 300, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+def linear_betas(T: int = defaults.T, beta_start: float = defaults.BETA_START,
+                 beta_end: float = defaults.BETA_END) -> np.ndarray:
     """beta_t linear in t from beta_start (t = 1) to beta_end (t = T) (Ho et al. 2020, sec. 4).
 
     The source's default is T = 300, beta from 1e-4 to 0.02 (the paper uses T = 1000).
@@ -131,7 +135,7 @@ def _cosine_alpha_bar(u: np.ndarray, s: float) -> np.ndarray:
     return np.cos((u + s) / (1.0 + s) * (math.pi / 2)) ** 2
 
 
-def cosine_betas(T: int = 300, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+def cosine_betas(T: int = defaults.T, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
     """The cosine schedule of Nichol & Dhariwal 2021 (eq. 17).
 
     alpha_bar(t) = f(t) / f(0) with f(t) = cos^2((t/T + s)/(1 + s) * pi/2), and
@@ -157,10 +161,10 @@ class ScheduleConfig:
     For kind "custom", ``betas`` is required and T must equal len(betas).
     """
 
-    kind: str = "linear"
-    T: int = 300
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
+    kind: str = defaults.SCHEDULE_KIND
+    T: int = defaults.T
+    beta_start: float = defaults.BETA_START
+    beta_end: float = defaults.BETA_END
     betas: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -204,6 +208,23 @@ class ScheduleConfig:
         if betas is not None:
             kw["betas"] = tuple(betas)
         return cls(**kw)
+
+    @classmethod
+    def from_options(cls, kind: str | None = None, T: int | None = None, beta_start: float | None = None,
+                     beta_end: float | None = None, *, kind_flag: str = "--schedule") -> "ScheduleConfig":
+        """The schedule asked for by command-line options (the one parser of train's, check's and
+        schedule's options); an option left None takes the default (the source's schedule).
+
+        Raises DDPMCheckError naming the option: an unknown kind (named by ``kind_flag``), betas
+        given for the cosine schedule (it has none to set), or a value ScheduleConfig refuses.
+        """
+        k = defaults.SCHEDULE_KIND if kind is None else str(kind).lower()
+        if k not in OPTION_KINDS:
+            raise DDPMCheckError(f"unknown {kind_flag} {kind!r}; choose one of {', '.join(OPTION_KINDS)}")
+        betas = {name: v for name, v in (("beta_start", beta_start), ("beta_end", beta_end)) if v is not None}
+        if k != "linear" and betas:
+            raise DDPMCheckError(f"--beta-start/--beta-end apply to the linear schedule only, not {k!r}")
+        return cls(kind=k, T=defaults.T if T is None else T, **betas)
 
     def make_betas(self) -> np.ndarray:
         if self.kind == "linear":
@@ -311,8 +332,9 @@ class Schedule:
         return self.T
 
 
-def make_schedule(kind: str = "linear", T: int | None = None, beta_start: float = 1e-4,
-                  beta_end: float = 0.02, betas: Any = None) -> Schedule:
+def make_schedule(kind: str = defaults.SCHEDULE_KIND, T: int | None = None,
+                  beta_start: float = defaults.BETA_START, beta_end: float = defaults.BETA_END,
+                  betas: Any = None) -> Schedule:
     """Shortcut for ``Schedule.from_config(ScheduleConfig(kind, T, beta_start, beta_end, betas))``.
 
     T = None means 300 (the source's default) for "linear"/"cosine" and len(betas) for "custom".
@@ -320,7 +342,7 @@ def make_schedule(kind: str = "linear", T: int | None = None, beta_start: float 
     if betas is not None:
         betas = tuple(_check_betas(betas).tolist())
     if T is None:
-        T = len(betas) if (kind == "custom" and betas is not None) else 300
+        T = len(betas) if (kind == "custom" and betas is not None) else defaults.T
     return Schedule.from_config(
         ScheduleConfig(kind=kind, T=T, beta_start=beta_start, beta_end=beta_end, betas=betas)
     )

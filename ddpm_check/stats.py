@@ -2,11 +2,13 @@
 
 Pure statistics (numpy + scipy; torch only lazily, for a generator).  Every Monte Carlo check
 in :mod:`ddpm_check.montecarlo` is a set of statistical tests with two declared error rates
-(TESTING.md section 2, the method of TensorFlow Probability's ``statistical_testing.py``):
+(docs/TESTING.md, section 2; the method of TensorFlow Probability's ``statistical_testing.py``):
 
 * **false failure** (correct code fails): family-wise ``ALPHA_FW = 1e-4`` over a whole
-  ``check all``.  Each of the ``N_CHECKS`` checks gets ``ALPHA_FW / N_CHECKS`` and divides it
-  equally among its individual statistics (Bonferroni), see :func:`alpha_per_test`;
+  ``check all``.  Each of the K registered checks (``len(ddpm_check.montecarlo.CHECKS)``,
+  counted, never typed) gets ``ALPHA_FW / K`` and divides it equally among its individual
+  statistics (Bonferroni), see :func:`alpha_per_test`; the runner verifies that the test rows a
+  check actually produced spend no more than its share;
 * **false pass** (wrong code passes): ``BETA = 1e-3`` at the declared detectable error delta.
 
 The tests, all with a *known* null distribution (the variance comes from the formula under
@@ -33,7 +35,7 @@ Power (the smallest error each test detects with probability >= 1 - beta):
   >= 1 - beta iff ``r >= c_hi / chi2_beta`` or ``r <= c_lo / chi2_{1-beta}``;
 * KS: if sup|G - F| = d for the true law G, then D_n >= d - |F_n - G|(x*) and Hoeffding gives
   detection with probability >= 1 - beta once
-  ``d >= sqrt(ln(2/alpha)/(2n)) + sqrt(ln(2/beta)/(2n))``; this is at most TESTING.md's
+  ``d >= sqrt(ln(2/alpha)/(2n)) + sqrt(ln(2/beta)/(2n))``; this is at most docs/TESTING.md's
   ``n = 2 max(ln(2/alpha), ln(2/beta)) / d^2``.
 
 Seeds: :func:`seed_for` derives one seed per check from a root seed and the check's *name*
@@ -51,6 +53,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from scipy import stats as _st
 
+from ddpm_check import defaults
 from ddpm_check.errors import DDPMCheckError, check_seed
 
 # ---- declared error rates --------------------------------------------------------------------
@@ -58,10 +61,8 @@ ALPHA_FW: float = 1e-4
 """Family-wise false-failure rate of a whole ``check all`` (``--network`` included)."""
 BETA: float = 1e-3
 """False-pass rate at the declared detectable error delta."""
-N_CHECKS: int = 5
-"""Number of checks sharing ALPHA_FW (marginal, posterior, mean-eps, sampler, network)."""
-DEFAULT_ROOT_SEED: int = 200611239
-"""The root seed (the arXiv number of Ho et al. 2020); ``--seed`` replaces it."""
+DEFAULT_ROOT_SEED: int = defaults.ROOT_SEED
+"""The root seed (``ddpm_check.defaults.ROOT_SEED``, the arXiv number of Ho et al. 2020); ``--seed`` replaces it."""
 UNIT_ROUNDOFF: float = float(np.finfo(np.float64).eps) / 2.0
 """u = 2^-53, the unit roundoff of float64."""
 
@@ -94,8 +95,10 @@ class TestOutcome:
 
     @property
     def margin(self) -> float:
-        """statistic / threshold: < 1 passes, a wrong formula should give >> 1."""
-        return float(self.statistic / self.threshold) if self.threshold > 0 else math.inf
+        """statistic / threshold: < 1 passes, a wrong formula should give >> 1 (0 / 0 is 0)."""
+        if self.threshold > 0:
+            return float(self.statistic / self.threshold)
+        return 0.0 if self.statistic == 0 else math.inf
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -124,14 +127,15 @@ def bonferroni(alpha_total: float, k: int) -> float:
     return alpha_total / k
 
 
-def alpha_per_check(alpha_fw: float = ALPHA_FW, n_checks: int = N_CHECKS) -> float:
-    """Each check's share of the family-wise level."""
+def alpha_per_check(n_checks: int, alpha_fw: float = ALPHA_FW) -> float:
+    """Each of ``n_checks`` checks' share of the family-wise level (the number of registered
+    checks: ``len(ddpm_check.montecarlo.CHECKS)``)."""
     return bonferroni(alpha_fw, n_checks)
 
 
-def alpha_per_test(n_tests: int, alpha_fw: float = ALPHA_FW, n_checks: int = N_CHECKS) -> float:
-    """The level of each of a check's ``n_tests`` statistics: ALPHA_FW / N_CHECKS / n_tests."""
-    return bonferroni(alpha_per_check(alpha_fw, n_checks), n_tests)
+def alpha_per_test(n_tests: int, n_checks: int, alpha_fw: float = ALPHA_FW) -> float:
+    """The level of each of a check's ``n_tests`` statistics: ALPHA_FW / n_checks / n_tests."""
+    return bonferroni(alpha_per_check(n_checks, alpha_fw), n_tests)
 
 
 # ---- power and sample size -------------------------------------------------------------------

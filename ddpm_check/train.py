@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from ddpm_check import checkpoint as ckpt
+from ddpm_check import defaults
 from ddpm_check.data import DataConfig, ImageData, load_data
 from ddpm_check.diffusion import LOSS_KINDS, GaussianDiffusion
 from ddpm_check.errors import DDPMCheckError, check_seed, first_line
@@ -108,6 +109,89 @@ class TrainProgress:
     loss: float  # mean loss since the previous report
     images_per_s: float  # this session's training throughput
     elapsed_s: float
+
+
+# ---- what `ddpm-check train` runs: presets, configurations from options, run folders -----------
+#: `train`'s presets.  "small" (`train --small`): the README's run, sized for ~2 minutes on a
+#: 2-core laptop CPU: 8x8 digits (their native size: 16x16 costs 4x per step for no gain in the
+#: metric), T = 300 as the source (sampling cost is linear in T), 1000 steps of batch 128 with an
+#: EMA of 0.99 reach the metric's floor; 1500 or 2000 steps score the same at 1.5-2x the time.
+#: "default" (`train` alone): the same run, six times longer.  "full" (`train --model full`): the
+#: source's SimpleUnet and training set-up (a GPU run).
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": dict(data="digits", image_size=8, model="small", timesteps=defaults.T, schedule=defaults.SCHEDULE_KIND,
+                  loss="l2", steps=1000, batch_size=128, lr=1e-3, ema_decay=0.99),
+    "default": dict(data="digits", image_size=8, model="small", timesteps=defaults.T, schedule=defaults.SCHEDULE_KIND,
+                    loss="l2", steps=6000, batch_size=128, lr=1e-3, ema_decay=0.999),
+    "full": dict(data="digits", image_size=64, model="full", timesteps=defaults.T, schedule=defaults.SCHEDULE_KIND,
+                 loss="l2", steps=10000, batch_size=128, lr=1e-3, ema_decay=0.999),
+}
+#: `train --model`: the SimpleUnet sizes
+MODEL_SIZES = ("small", "full")
+#: what a run writes into its output folder
+RUN_FILES = ("checkpoint.safetensors", "config.json", "samples.png", "reverse_process.png", "loss.png")
+
+
+def configs_from_options(*, small: bool = False, data: str | None = None, image_size: int | None = None,
+                         channels: int | None = None, model: str | None = None, channels_list: str | None = None,
+                         timesteps: int | None = None, schedule: str | None = None, beta_start: float | None = None,
+                         beta_end: float | None = None, loss: str | None = None, steps: int | None = None,
+                         batch_size: int | None = None, lr: float | None = None, ema_decay: float | None = None,
+                         seed: int = 0) -> tuple[UNetConfig, ScheduleConfig, DataConfig, TrainConfig]:
+    """The configurations of a new run from `train`'s options: the preset ("small" with
+    ``small``, "full" with ``model="full"``, else "default") with every option given (not None)
+    in its place.  Bad values raise DDPMCheckError naming the option, before anything is built
+    (sizes are held to the checkpoint limits first, so a huge T allocates nothing)."""
+    if model is not None and model not in MODEL_SIZES:
+        raise DDPMCheckError(f"unknown --model {model!r}; choose one of {', '.join(MODEL_SIZES)}")
+    preset = PRESETS["small" if small else ("full" if model == "full" else "default")]
+    given = dict(data=data, image_size=image_size, model=model, timesteps=timesteps, schedule=schedule,
+                 loss=loss, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay)
+    cfg = {**preset, **{k: v for k, v in given.items() if v is not None}}
+    # the sizes a checkpoint may have, checked before the schedule (T floats) is built
+    ckpt.check_limits({"schedule": {"T": cfg["timesteps"]}, "data": {"image_size": cfg["image_size"]},
+                       "train": {"batch_size": cfg["batch_size"]}}, "training configuration")
+    sched_cfg = ScheduleConfig.from_options(cfg["schedule"], cfg["timesteps"], beta_start, beta_end)
+    data_cfg = DataConfig.parse(cfg["data"], image_size=cfg["image_size"], channels=channels, seed=seed)
+    if channels_list is not None:
+        model_cfg = UNetConfig(image_channels=data_cfg.channels, down_channels=UNetConfig.parse_channels(channels_list))
+    elif cfg["model"] == "full":
+        model_cfg = UNetConfig(image_channels=data_cfg.channels)
+    else:
+        model_cfg = UNetConfig.small(image_channels=data_cfg.channels)
+    model_cfg.check_image_size(data_cfg.image_size)
+    train_cfg = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                            ema_decay=cfg["ema_decay"], loss=cfg["loss"], seed=seed)
+    return model_cfg, sched_cfg, data_cfg, train_cfg
+
+
+def check_run_name(name: str) -> str:
+    """``name`` if it is a plain folder name for runs/<name>, else DDPMCheckError."""
+    import os
+
+    seps = {"/", "\\", os.sep, os.altsep or "/"}
+    if not name.strip() or name in (".", "..") or any(c in name for c in seps):
+        raise DDPMCheckError(f"--name must be a plain folder name (no '/', not '.' or '..'), got {name!r}; "
+                             f"--out takes a path")
+    return name
+
+
+def check_out_dir(out_dir: Path, continuing: Path | None = None) -> None:
+    """Refuse an output folder holding files this run would overwrite and that are not its own:
+    another run's checkpoint, or (outside the folder of the run being continued) any run file."""
+    ck = out_dir / "checkpoint.safetensors"
+    if continuing is not None and ck.exists() and ck.resolve() == Path(continuing).resolve():
+        return  # the run's own folder: it goes on there
+    if ck.exists():
+        if continuing is None:
+            raise DDPMCheckError(f"output folder {str(out_dir)!r} already holds a checkpoint; "
+                                 f"use --resume {out_dir} or another --out")
+        raise DDPMCheckError(f"output folder {str(out_dir)!r} already holds another run's checkpoint; choose "
+                             f"another --out (without --out the run goes on in {str(Path(continuing).parent)!r})")
+    clash = [f for f in RUN_FILES if (out_dir / f).exists()]
+    if clash:
+        raise DDPMCheckError(f"output folder {str(out_dir)!r} already holds {', '.join(clash)}, which this run "
+                             f"would overwrite; choose another --out or move them")
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -78,6 +78,19 @@ class UNetConfig:
         """The source's full model (same as the defaults)."""
         return cls()
 
+    @staticmethod
+    def parse_channels(text: str) -> tuple[int, ...]:
+        """``"64,128,256"`` -> (64, 128, 256): down channels typed as a comma-separated list
+        (``train --channels-list``); DDPMCheckError for an empty entry, a non-integer or fewer than 2."""
+        try:
+            vals = tuple(int(v) for v in text.replace(" ", "").split(","))  # an empty entry is refused
+        except ValueError:
+            raise DDPMCheckError(f"--channels-list {text!r} is not a comma-separated list of integers, "
+                                 f"e.g. 64,128,256") from None
+        if len(vals) < 2 or any(v < 1 for v in vals):
+            raise DDPMCheckError(f"--channels-list {text!r} needs at least 2 positive integers, e.g. 32,64,128")
+        return vals
+
     def check_image_size(self, size: int) -> int:
         """Raise DDPMCheckError unless ``size`` is a positive multiple of 2**depth; return it."""
         m = 2 ** self.depth

@@ -8,41 +8,48 @@ a result for the numerical code, which therefore never retypes a formula.
 Importing this package is cheap: sympy is imported only when a derivation is requested, so the
 CLI can list the names without it.
 
-Names: "marginal" (q(x_t|x_0), eq. 4), "posterior" (q(x_{t-1}|x_t,x_0), eqs. 6-7), "mean-eps"
-(μ̃_t in terms of ε and the sampling step, eq. 11), "elbo" (the variational bound, its KL terms
-and loss weights, eqs. 5, 12, 14).
+The registry :data:`DERIVATIONS` lists them in teaching order, each with its one-line summary,
+its module and the derivations it builds on; the CLI's listing and choices, ``derive all`` and
+the tests' parametrisation come from it.  Adding a derivation is one module (``NAME``,
+``build()``, ``derive()``) plus one entry (CONTRIBUTING.md).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ddpm_check.errors import DDPMCheckError
+from ddpm_check.registry import Entry, Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     import sympy
 
     from derivations.step import Derivation
 
-#: the derivations, in teaching order
-NAMES: tuple[str, ...] = ("marginal", "posterior", "mean-eps", "elbo")
+@dataclass(frozen=True)
+class DerivationEntry(Entry):
+    """A registered derivation: ``module`` has ``build()`` (the steps, unverified) and
+    ``derive()`` (verified, cached) and a ``NAME`` equal to the entry's; ``summary`` is its line
+    in listings (kept here so that listing needs no sympy); ``needs`` the derivations whose
+    results it builds on (the derivation modules it imports)."""
 
-#: one line each, for listings (kept here so that listing needs no sympy)
-DESCRIPTIONS: dict[str, str] = {
-    "marginal": "q(x_t | x_0) = N(√ᾱ_t x_0, (1 - ᾱ_t) I): two-step merge, closed form by induction (eq. 4)",
-    "posterior": "q(x_{t-1} | x_t, x_0) = N(μ̃_t, β̃_t I): Bayes' rule, complete the square (eqs. 6-7)",
-    "mean-eps": "μ̃_t = (x_t - β_t/√(1 - ᾱ_t) ε)/√α_t and the sampling step, β̃_1 = 0 (eq. 11, Alg. 2)",
-    "elbo": "the variational bound: Gaussian KL, ε-weights, L_simple, the SNR form (eqs. 5, 12, 14)",
-}
+    needs: tuple[str, ...] = ()
 
-_MODULES = {
-    "marginal": "derivations.marginal",
-    "posterior": "derivations.posterior",
-    "mean-eps": "derivations.mean_eps",
-    "elbo": "derivations.elbo",
-}
+
+#: the derivations, in teaching order (the order of listings and of `derive all`)
+DERIVATIONS: Registry[DerivationEntry] = Registry("derivation", (
+    DerivationEntry("marginal", "q(x_t | x_0) = N(√ᾱ_t x_0, (1 - ᾱ_t) I): two-step merge, closed form by "
+                    "induction (eq. 4)", "derivations.marginal"),
+    DerivationEntry("posterior", "q(x_{t-1} | x_t, x_0) = N(μ̃_t, β̃_t I): Bayes' rule, complete the square "
+                    "(eqs. 6-7)", "derivations.posterior"),
+    DerivationEntry("mean-eps", "μ̃_t = (x_t - β_t/√(1 - ᾱ_t) ε)/√α_t and the sampling step, β̃_1 = 0 "
+                    "(eq. 11, Alg. 2)", "derivations.mean_eps", needs=("posterior",)),
+    DerivationEntry("elbo", "the variational bound: Gaussian KL, ε-weights, L_simple, the SNR form "
+                    "(eqs. 5, 12, 14)", "derivations.elbo", needs=("posterior", "mean-eps")),
+))
+NAMES: tuple[str, ...] = DERIVATIONS.names
 
 #: keyword arguments that numeric callables may take (symbol names; sigma_* are standard deviations)
 NUMERIC_ARGS: tuple[str, ...] = (
@@ -67,22 +74,18 @@ NUMERIC_ARGS: tuple[str, ...] = (
 
 def check_name(name: str) -> str:
     """Return ``name`` if it names a derivation, else raise DDPMCheckError listing the names."""
-    if name not in NAMES:
-        raise DDPMCheckError(f"unknown derivation {name!r}; valid names: {', '.join(NAMES)}")
-    return name
+    return DERIVATIONS.entry(name).name
 
 
 def get(name: str) -> "Derivation":
     """The verified derivation ``name`` (cached).  Raises DDPMCheckError for an unknown name
     and DerivationError if a step fails to verify."""
-    check_name(name)
-    return importlib.import_module(_MODULES[name]).derive()
+    return DERIVATIONS.entry(name).load().derive()
 
 
 def build(name: str) -> "Derivation":
     """The derivation ``name`` *without* verifying it (for tests that mutate a step)."""
-    check_name(name)
-    return importlib.import_module(_MODULES[name]).build()
+    return DERIVATIONS.entry(name).load().build()
 
 
 def results(name: str) -> dict[str, "sympy.Expr"]:
@@ -144,8 +147,9 @@ def parse(text: str) -> "sympy.Expr":
 
 
 __all__ = [
+    "DERIVATIONS",
+    "DerivationEntry",
     "NAMES",
-    "DESCRIPTIONS",
     "NUMERIC_ARGS",
     "check_name",
     "get",

@@ -98,23 +98,6 @@ def test_text_rendering_needs_a_real_width(width):
         render(derivations.get("marginal"), "text", width=width)  # returned '' for 0
 
 
-@pytest.mark.parametrize("options, expected", [
-    ({"steps": -1}, "network check steps must be an integer from 1 to 1,000,000, got -1"),
-    ({"steps": 10**15}, "network check steps must be an integer from 1 to 1,000,000, got 1000000000000000"),
-    ({"step": 10}, "check 'network' takes no option step"),
-])
-def test_network_check_options_are_checked(options, expected):
-    from ddpm_check.montecarlo import run_all, run_check
-
-    with pytest.raises(DDPMCheckError) as e:
-        run_check("network", samples=1024, **options)
-    assert str(e.value) == expected
-    with pytest.raises(DDPMCheckError, match="takes no option steps"):
-        run_check("marginal", steps=10)
-    with pytest.raises(DDPMCheckError, match="network check's: pass network=True"):
-        run_all(steps=10)
-
-
 @pytest.mark.parametrize("device, expected", [
     ("gpu", "unknown device 'gpu'; e.g. 'cpu', 'cuda' or 'cuda:0'"),
     (None, "unknown device None; e.g. 'cpu', 'cuda' or 'cuda:0'"),

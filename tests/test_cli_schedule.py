@@ -84,7 +84,7 @@ def test_compare_json_and_plot_path(tmp_path):
     (["--beta-start", "2"], ["beta_start", "2.0"]),
     (["--beta-start", "0.1", "--beta-end", "0.01"], ["beta_start must be <= beta_end"]),
     (["--kind", "sigmoid"], ["'sigmoid'", "linear, cosine"]),
-    (["--kind", "cosine", "--beta-end", "0.1"], ["--kind linear only"]),
+    (["--kind", "cosine", "--beta-end", "0.1"], ["--beta-start/--beta-end apply to the linear schedule only, not 'cosine'"]),
     (["--spec", "linear:x"], ["'x'", "KIND:T"]),
     (["--spec", "cosine:0"], ["cosine:0", "T must be"]),
     (["--spec", "linear:300", "--T", "10"], ["--T", "--spec"]),

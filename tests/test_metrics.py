@@ -111,17 +111,17 @@ def test_relative_is_undefined_when_the_ceiling_is_not_above_the_floor():
 def test_cli_says_when_the_score_is_rough_or_undefined():
     from rich.console import Console
 
-    from cli import _render_score
+    from ddpm_check.commands.evaluate import render_score
 
     base = dict(n=2, fd_samples=18.5, fd_floor=25.0, fd_ceiling=20.6, confidence=0.9, confidence_real=0.9,
                 confidence_noise=0.5, relative=None)
     con = Console(width=200, record=True)
-    _render_score(con, base)
+    render_score(con, base)
     out = con.export_text()
     assert "relative: undefined, the noise ceiling is not above the real-digit floor at n = 2" in out
     assert "n = 2 is below the 64 classifier features" in out and "e+" not in out
     con = Console(width=200, record=True)
-    _render_score(con, {**base, "n": 400, "fd_samples": 0.167, "fd_floor": 0.253, "fd_ceiling": 4.262,
+    render_score(con, {**base, "n": 400, "fd_samples": 0.167, "fd_floor": 0.253, "fd_ceiling": 4.262,
                         "relative": -0.022})
     out = con.export_text()
     assert "relative = (FD - floor)/(ceiling - floor) = -0.022" in out and "rough" not in out

@@ -69,8 +69,10 @@ def test_dkwm_formula():
 
 
 def test_bonferroni_allocation():
-    assert S.alpha_per_check() == pytest.approx(S.ALPHA_FW / S.N_CHECKS)
-    assert S.alpha_per_test(8) == pytest.approx(1e-4 / S.N_CHECKS / 8)
+    assert S.alpha_per_check(5) == pytest.approx(S.ALPHA_FW / 5)
+    assert S.alpha_per_test(8, 5) == pytest.approx(1e-4 / 5 / 8)
+    with pytest.raises(ValueError):
+        S.alpha_per_check(0)
     with pytest.raises(ValueError):
         S.bonferroni(1e-4, 0)
     with pytest.raises(ValueError):

@@ -1,0 +1,122 @@
+"""The contract every registered check must meet (docs/TESTING.md, section 2): a check is tested
+by being registered in ``ddpm_check.montecarlo.CHECKS``.
+
+It passes on the correct code with well-formed rows; it uses exactly the derivations it declares;
+its test rows spend no more than its share of the false-failure budget; it has at least two
+known-wrong variants and rejects each one by a wide margin; the CLI lists it with its variants.
+A check whose entry says ``slow`` (it trains a network) runs here only under ``-m slow``; its
+fast smoke tests live in its own test file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import derivations
+from ddpm_check import montecarlo as mc
+from ddpm_check import stats
+
+#: "statistic > several x threshold": the worst rejected row of a wrong variant
+MIN_MARGIN = 3.0
+
+
+def _param(entry, *values):
+    """A test parameter for ``entry``, marked slow where the entry says it takes minutes."""
+    return pytest.param(entry.name, *values, id="-".join([entry.name, *map(str, values)]),
+                        marks=[pytest.mark.slow] if entry.slow else [])
+
+
+CHECK_PARAMS = [_param(e) for e in mc.CHECKS.values()]
+VARIANT_PARAMS = [_param(e, v) for e in mc.CHECKS.values() for v in e.variants]
+
+
+# ---- the entry ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", mc.CHECK_NAMES)
+def test_entry_names_a_module_with_a_check_and_its_wrong_variants(name):
+    entry = mc.CHECKS[name]
+    module = entry.load()
+    assert callable(module.run)
+    assert entry.default_samples >= 1
+    assert set(entry.needs) <= set(derivations.NAMES), entry.needs
+    variants = entry.variants
+    assert len(variants) >= 2, f"check {name} has fewer than 2 wrong variants"
+    for v in variants.values():
+        assert v.description.strip() and "\n" not in v.description
+        assert v.results or v.schedule or v.sim or v.shift_inputs, f"{name}/{v.name} changes nothing"
+    for option, validate in entry.options.items():
+        assert callable(validate) and validate(None) is None, option  # None: the check's default
+
+
+# ---- the correct code passes ------------------------------------------------------------------
+@pytest.mark.parametrize("name", CHECK_PARAMS)
+def test_check_passes_on_correct_code(name, checked):
+    res = checked(name)
+    assert res.passed, [(r.quantity, r.where, r.statistic, r.threshold) for r in res.failures]
+    assert res.tests, "a check without tests"
+    assert res.seed == stats.seed_for(name, stats.DEFAULT_ROOT_SEED)
+    assert all(r.seed == res.seed and r.check == name for r in res.rows)
+
+
+@pytest.mark.parametrize("name", CHECK_PARAMS)
+def test_check_uses_the_derivations_it_declares(name, checked):
+    assert set(checked(name).derivations) == set(mc.CHECKS[name].needs)
+
+
+@pytest.mark.parametrize("name", CHECK_PARAMS)
+def test_rows_are_well_formed_tests(name, checked):
+    res = checked(name)
+    for r in res.tests:
+        assert r.threshold > 0 and r.n >= 1 and math.isfinite(r.statistic)
+        assert r.delta > 0
+        if r.kind == "ks":
+            assert r.threshold >= stats.dkwm_epsilon(r.n, r.alpha) - 1e-15
+        if r.kind in ("mean", "ols-slope", "ols-intercept"):
+            assert r.threshold == pytest.approx(stats.z_two_sided(r.alpha))
+            assert r.statistic == pytest.approx(abs(r.estimate - r.expected) / r.se)
+            # the declared power: (z_{1-a/2} + z_{1-b}) se
+            assert r.delta == pytest.approx((stats.z_two_sided(r.alpha) + stats.z_one_sided(stats.BETA)) * r.se)
+    json.dumps(res.to_dict(), allow_nan=False)  # strict JSON
+
+
+@pytest.mark.parametrize("name", CHECK_PARAMS)
+def test_test_rows_spend_at_most_the_checks_share(name, checked):
+    res = checked(name)
+    share = stats.ALPHA_FW / len(mc.CHECKS)  # counted from the registry, never typed
+    assert res.alpha_check == pytest.approx(share, rel=1e-15)
+    assert res.alpha_spent <= share * (1 + 1e-12)
+    alphas = {r.alpha for r in res.tests if r.kind != "exact"}
+    assert len(alphas) <= 1, "one level per check: its share split equally"
+
+
+def test_every_registered_check_fits_in_the_family_wise_budget(checked):
+    """Run or not, every registered check holds a share, so any set run together (``check all
+    --network``) stays within ALPHA_FW; the fast ones spend what their rows say."""
+    spent = sum(checked(n).alpha_spent if not e.slow else mc.alpha_per_check() for n, e in mc.CHECKS.items())
+    assert spent <= stats.ALPHA_FW * (1 + 1e-12)
+
+
+# ---- every wrong variant is rejected by a wide margin -------------------------------------
+@pytest.mark.parametrize("name,variant", VARIANT_PARAMS)
+def test_wrong_variant_is_rejected_with_margin(name, variant, checked):
+    res = checked(name, variant)
+    assert not res.passed, f"{name}/{variant} was not rejected"
+    worst = res.worst
+    assert worst.margin > MIN_MARGIN, (worst.quantity, worst.where, worst.statistic, worst.threshold)
+    assert res.variant == variant
+
+
+# ---- the CLI lists it ---------------------------------------------------------------------------
+def test_the_check_listing_shows_every_entry_and_its_variants():
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    lines = CliRunner().invoke(app, ["check"]).output.splitlines()
+    for name, entry in mc.CHECKS.items():
+        i = next(k for k, line in enumerate(lines) if line.split()[:1] == [name])
+        assert entry.summary in lines[i]
+        assert lines[i + 1].split("wrong variants: ")[1].split(", ") == list(entry.variants)
+    assert [line.split()[0] for line in lines if line[:1].strip()] == [*mc.CHECK_NAMES, "all"]
