@@ -84,13 +84,34 @@ def _out_of_memory(exc: BaseException) -> str | None:
     return None
 
 
+def failure_of(exc: BaseException) -> tuple[str, int, str] | None:
+    """(message, exit code, label) for what a user can act on without a traceback, else None (a
+    bug: the traceback shows).  A command's own :class:`Failed` keeps its code; bad input
+    (DDPMCheckError), a path the file system refuses and running out of memory exit 2."""
+    if isinstance(exc, Failed):
+        return str(exc), exc.code, exc.label
+    if isinstance(exc, DDPMCheckError):
+        return str(exc), 2, "error"
+    if isinstance(exc, OSError):  # the file system refused: a path that cannot be made, read or written
+        where = f" {exc.filename!r}" if exc.filename else ""
+        why = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError):
+            why = "a file of that name is in the way (a folder is needed)"
+        elif isinstance(exc, NotADirectoryError):
+            why = "a part of the path is a file, not a folder"
+        return f"cannot use{where or ' a file'}: {why}", 2, "error"
+    why = _out_of_memory(exc)  # torch.OutOfMemoryError is a RuntimeError
+    if why is not None:
+        return f"out of memory ({why}); ask for less: a smaller --batch-size, -n, --image-size or model", 2, "error"
+    return None
+
+
 def edge(func: Callable) -> Callable:
-    """Run a command at the CLI's edge: print the --json document it returns; turn a
-    DDPMCheckError raised below it into one red line and exit code 2, and so too what the user
-    can act on without a traceback (the file system refusing a path, running out of memory); a
-    :class:`Failed` into its own line and code.  The library's warning that torch.compile fell
-    back to eager mode is silenced: the commands say so themselves, in one line (and in --json
-    as compile_error)."""
+    """A command as the CLI runs it: the --json document it returns is printed; an exception a
+    user can act on becomes one red line and its exit code (:func:`failure_of`), after the
+    document a failing command still has.  The library's warning that torch.compile fell back
+    to eager mode is silenced: the commands say so themselves, in one line (and in --json as
+    compile_error)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -98,26 +119,13 @@ def edge(func: Callable) -> Callable:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r"torch\.compile ", category=UserWarning)
                 document = func(*args, **kwargs)
-        except Failed as exc:
-            if exc.document is not None:
-                print_json(exc.document)
-            raise fail(str(exc), exc.code, exc.label) from None
-        except DDPMCheckError as exc:
-            raise fail(str(exc)) from None
-        except OSError as exc:  # the file system refused: a path that cannot be made, read or written
-            where = f" {exc.filename!r}" if exc.filename else ""
-            why = exc.strerror or str(exc)
-            if isinstance(exc, FileExistsError):
-                why = "a file of that name is in the way (a folder is needed)"
-            elif isinstance(exc, NotADirectoryError):
-                why = "a part of the path is a file, not a folder"
-            raise fail(f"cannot use{where or ' a file'}: {why}") from None
-        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
-            why = _out_of_memory(exc)
-            if why is None:
+        except Exception as exc:
+            failure = failure_of(exc)
+            if failure is None:
                 raise
-            raise fail(f"out of memory ({why}); ask for less: a smaller --batch-size, -n, "
-                       "--image-size or model") from None
+            if isinstance(exc, Failed) and exc.document is not None:
+                print_json(exc.document)
+            raise fail(*failure) from None
         if document is not None:
             print_json(document)
 

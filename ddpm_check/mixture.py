@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats
+from scipy import stats as st
 
 from ddpm_check.errors import DDPMCheckError
 
@@ -92,7 +92,7 @@ class GaussianMixture:
         values = np.asarray(values, dtype=np.float64)
         cdf = np.zeros_like(values)
         for w, mu, s in zip(self.weights, loc, self.stds):
-            cdf += w * stats.norm.cdf(values, loc=mu, scale=s)
+            cdf += w * st.norm.cdf(values, loc=mu, scale=s)
         return cdf
 
     # ---- the exact denoiser ---------------------------------------------------------------

@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from scipy import stats as _st
+from scipy import stats as st
 
 from ddpm_check import defaults
 from ddpm_check.errors import DDPMCheckError, check_seed
@@ -110,13 +110,13 @@ class TestOutcome:
 def z_two_sided(alpha: float) -> float:
     """z_{1 - alpha/2}: the two-sided critical value of a standard normal."""
     _check_prob("alpha", alpha)
-    return float(_st.norm.isf(alpha / 2.0))
+    return float(st.norm.isf(alpha / 2.0))
 
 
 def z_one_sided(p: float) -> float:
     """z_{1 - p}."""
     _check_prob("p", p)
-    return float(_st.norm.isf(p))
+    return float(st.norm.isf(p))
 
 
 def bonferroni(alpha_total: float, k: int) -> float:
@@ -153,7 +153,7 @@ def mean_required_n(sigma: float, delta: float, alpha: float, beta: float = BETA
 
 
 def _chi2_bounds(dof: int, alpha: float) -> tuple[float, float]:
-    return float(_st.chi2.ppf(alpha / 2, dof)), float(_st.chi2.isf(alpha / 2, dof))
+    return float(st.chi2.ppf(alpha / 2, dof)), float(st.chi2.isf(alpha / 2, dof))
 
 
 def variance_detectable_ratio(dof: int, alpha: float, beta: float = BETA) -> float:
@@ -165,8 +165,8 @@ def variance_detectable_ratio(dof: int, alpha: float, beta: float = BETA) -> flo
     """
     _check_n(dof)
     c_lo, c_hi = _chi2_bounds(dof, alpha)
-    up = c_hi / float(_st.chi2.ppf(beta, dof)) - 1.0
-    down = 1.0 - c_lo / float(_st.chi2.isf(beta, dof))
+    up = c_hi / float(st.chi2.ppf(beta, dof)) - 1.0
+    down = 1.0 - c_lo / float(st.chi2.isf(beta, dof))
     return max(up, down)
 
 
@@ -234,9 +234,9 @@ def mean_test(samples: np.ndarray, mu0: float, sigma0: float, alpha: float,
 
 def _normal_deviate_of_chi2(q: float, dof: int) -> float:
     """|z| with two-sided tail 2 min(F(q), 1 - F(q)) equal to that of q under chi2(dof)."""
-    p = min(float(_st.chi2.cdf(q, dof)), float(_st.chi2.sf(q, dof)))
+    p = min(float(st.chi2.cdf(q, dof)), float(st.chi2.sf(q, dof)))
     if p > 1e-300:
-        return float(_st.norm.isf(p))
+        return float(st.norm.isf(p))
     # the tail underflows: Wilson-Hilferty (accurate for the large dof used here)
     k = float(dof)
     return abs(((q / k) ** (1.0 / 3.0) - (1.0 - 2.0 / (9.0 * k))) / math.sqrt(2.0 / (9.0 * k)))

@@ -3,7 +3,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-# Property tests are for exact identities only (TESTING.md section 1).  The CI profile is
+# Property tests are for exact identities only (docs/TESTING.md, section 1).  The CI profile is
 # derandomized so a run is reproducible and cannot fail by luck.
 settings.register_profile(
     "ci",

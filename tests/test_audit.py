@@ -21,7 +21,7 @@ from ddpm_check import audit as A
 from ddpm_check.errors import DDPMCheckError
 from ddpm_check.mixture import GaussianMixture
 from ddpm_check.schedules import make_schedule
-from derivations import symbols as Sy
+from derivations import symbols as S
 
 SMALL = 2_000  # Monte Carlo size for the audit's own simulations in these tests
 
@@ -87,13 +87,13 @@ def test_alpha_to_zero_holds_for_the_cosine_schedule():
 # ---- 3-5. merge, closed form, recursion --------------------------------------------------------
 def test_gaussian_merge_holds_and_a_wrong_merge_does_not():
     assert A.claim_gaussian_merge(checks=False).verdict == A.HOLDS
-    a, am1 = Sy.alpha_t, Sy.alpha_tm1
+    a, am1 = S.alpha_t, S.alpha_tm1
     wrong = (sp.sqrt(a * (1 - am1)) + sp.sqrt(1 - a)) ** 2  # adding standard deviations
     c = A.claim_gaussian_merge(merged_variance=wrong, checks=False)
     assert c.verdict == A.ERRATUM and not c.evidence["merged_same_law"]
 
 
-@pytest.mark.parametrize("kw", [dict(variance=1 - Sy.alpha_t), dict(mean_coef=Sy.alpha_bar_t)])
+@pytest.mark.parametrize("kw", [dict(variance=1 - S.alpha_t), dict(mean_coef=S.alpha_bar_t)])
 def test_closed_form_holds_and_wrong_forms_do_not(kw):
     ok = A.claim_closed_form(checks=False)
     assert ok.verdict == A.HOLDS and all(ok.evidence["same_law_t1_to_5"])
@@ -116,10 +116,10 @@ def test_posterior_holds():
 
 
 @pytest.mark.parametrize("kw, key", [
-    (dict(sigma2=Sy.beta_t), "sigma2"),
-    (dict(sigma2_completed_square=1 / (Sy.alpha_t / Sy.beta_t + 1 / (1 - Sy.alpha_bar_t))), "sigma2_completed_square"),
-    (dict(mu=sp.sqrt(Sy.alpha_bar_tm1) * (1 - Sy.alpha_bar_tm1) / (1 - Sy.alpha_bar_t) * Sy.x_t
-          + sp.sqrt(Sy.alpha_bar_tm1) * Sy.beta_t / (1 - Sy.alpha_bar_t) * Sy.x_0), "mu"),
+    (dict(sigma2=S.beta_t), "sigma2"),
+    (dict(sigma2_completed_square=1 / (S.alpha_t / S.beta_t + 1 / (1 - S.alpha_bar_t))), "sigma2_completed_square"),
+    (dict(mu=sp.sqrt(S.alpha_bar_tm1) * (1 - S.alpha_bar_tm1) / (1 - S.alpha_bar_t) * S.x_t
+          + sp.sqrt(S.alpha_bar_tm1) * S.beta_t / (1 - S.alpha_bar_t) * S.x_0), "mu"),
 ])
 def test_posterior_wrong_formulas_are_errata(kw, key):
     c = A.claim_posterior(checks=False, **kw)
@@ -129,8 +129,8 @@ def test_posterior_wrong_formulas_are_errata(kw, key):
 
 def test_sampling_step_holds_and_beta_noise_is_an_erratum():
     assert A.claim_sampling_step(checks=False).verdict == A.HOLDS
-    a, ab, b = Sy.alpha_t, Sy.alpha_bar_t, Sy.beta_t
-    wrong = (Sy.x_t - b / sp.sqrt(1 - ab) * Sy.eps_theta) / sp.sqrt(a) + sp.sqrt(b) * Sy.z
+    a, ab, b = S.alpha_t, S.alpha_bar_t, S.beta_t
+    wrong = (S.x_t - b / sp.sqrt(1 - ab) * S.eps_theta) / sp.sqrt(a) + sp.sqrt(b) * S.z
     c = A.claim_sampling_step(sampling_step=wrong, checks=False)
     assert c.verdict == A.ERRATUM and c.evidence["sampling_step_vs_p_sample_rel"] > 1e-6
 

@@ -1,5 +1,6 @@
-"""The README's examples work: its Python blocks run, and every option its commands and option
-lists name is one the command has (an option renamed or dropped in cli.py fails here)."""
+"""The README's examples work: its Python blocks run, every option its commands and option
+lists name is one the command has (an option renamed or dropped fails here), every registered
+command has an example, and the listings it pastes are what the registries list now."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import typer
 
 from cli import app
+from ddpm_check.commands import COMMANDS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
@@ -47,7 +49,7 @@ def _command_lines() -> list[list[str]]:
 def test_the_readme_has_examples_to_check():
     lines = _command_lines()
     assert len(lines) >= 10
-    assert {w[0] for w in lines if w} >= {"derive", "check", "train", "sample", "evaluate", "schedule", "audit"}
+    assert {w[0] for w in lines if w} >= set(COMMANDS)
 
 
 @pytest.mark.parametrize("words", _command_lines(), ids=lambda w: " ".join(w)[:60])
@@ -95,3 +97,19 @@ def test_python_blocks_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for body in blocks:
         exec(compile(body, "README.md", "exec"), {})
+
+
+def _pasted(command: str) -> list[str]:
+    """The output lines the README pastes under ``$ ddpm-check COMMAND`` (up to the fence)."""
+    start = README.index(f"$ ddpm-check {command}\n") + len(f"$ ddpm-check {command}\n")
+    return [line.rstrip() for line in README[start:README.index("```", start)].splitlines()]
+
+
+@pytest.mark.parametrize("command", ["derive", "check"])
+def test_pasted_listings_are_the_registries(command):
+    """`ddpm-check derive` and `ddpm-check check` list the registries: a registered derivation or
+    check (or variant) missing from the README's tour fails here."""
+    from typer.testing import CliRunner
+
+    real = CliRunner().invoke(app, [command], env={"COLUMNS": "100"}).output
+    assert _pasted(command) == [line.rstrip() for line in real.splitlines()]

@@ -1,4 +1,4 @@
-"""Start-up: `--help` imports neither torch nor sympy; `derive` never imports torch.
+"""Start-up: `--help` imports neither torch, sympy nor numpy; `derive` never imports torch.
 
 Each case runs the CLI in a fresh interpreter and reports which heavy modules ended up in
 sys.modules.  Only the imports are asserted; the times are measured by benchmarks/startup.py.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = r"""
 import json, sys
@@ -27,7 +27,7 @@ try:
     app(args, prog_name="ddpm-check")
 except SystemExit as exc:
     code = exc.code or 0
-print("\n" + json.dumps({"code": code, **{m: m in sys.modules for m in ("torch", "sympy")}}))
+print("\n" + json.dumps({"code": code, **{m: m in sys.modules for m in ("torch", "sympy", "numpy")}}))
 """
 
 
@@ -43,14 +43,14 @@ def _modules_after(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_help_imports_neither_torch_nor_sympy():
+def test_help_imports_neither_torch_nor_sympy_nor_numpy():
     mods = _modules_after("--help")
-    assert mods == {"code": 0, "torch": False, "sympy": False}
+    assert mods == {"code": 0, "torch": False, "sympy": False, "numpy": False}
 
 
 def test_derive_list_needs_no_sympy():
     mods = _modules_after("derive")
-    assert mods == {"code": 0, "torch": False, "sympy": False}
+    assert mods == {"code": 0, "torch": False, "sympy": False, "numpy": False}
 
 
 @pytest.mark.parametrize("args", [("derive", "posterior"), ("derive", "all", "--json")])
@@ -63,7 +63,7 @@ def test_derive_does_not_import_torch(args):
 
 def test_version_is_the_installed_one_and_light():
     mods = _modules_after("--version")
-    assert mods == {"code": 0, "torch": False, "sympy": False}
+    assert mods == {"code": 0, "torch": False, "sympy": False, "numpy": False}
     out = subprocess.run([sys.executable, "-m", "cli", "--version"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     text = (ROOT / "pyproject.toml").read_text()

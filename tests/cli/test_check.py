@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from ddpm_check import stats as S
+from ddpm_check import stats
 
 runner = CliRunner()
 
@@ -43,11 +43,11 @@ def test_listing_imports_no_torch():
 
 def test_check_all_json_content(all_json):
     d = all_json
-    assert d["passed"] is True and d["root_seed"] == S.DEFAULT_ROOT_SEED
-    assert d["alpha_fw"] == S.ALPHA_FW and d["beta"] == S.BETA
+    assert d["passed"] is True and d["root_seed"] == stats.DEFAULT_ROOT_SEED
+    assert d["alpha_fw"] == stats.ALPHA_FW and d["beta"] == stats.BETA
     assert [c["check"] for c in d["checks"]] == ["marginal", "posterior", "mean-eps", "sampler"]
     for c in d["checks"]:
-        assert c["verdict"] == "pass" and c["seed"] == S.seed_for(c["check"], S.DEFAULT_ROOT_SEED)
+        assert c["verdict"] == "pass" and c["seed"] == stats.seed_for(c["check"], stats.DEFAULT_ROOT_SEED)
         assert c["runtime_s"] >= 0 and c["n_tests"] == sum(r["role"] == "test" for r in c["rows"])
         for r in c["rows"]:
             for key in ("quantity", "expected", "estimate", "se", "statistic", "threshold", "alpha",
@@ -57,7 +57,7 @@ def test_check_all_json_content(all_json):
     sampler = d["checks"][3]
     assert any(r["verdict"] == "finding" and "T=300 (source)" in r["where"] for r in sampler["rows"])
     # the family-wise false-failure budget of `check all` (with room for the network check)
-    assert sum(r["alpha"] for c in d["checks"] for r in c["rows"] if r["role"] == "test") <= S.ALPHA_FW
+    assert sum(r["alpha"] for c in d["checks"] for r in c["rows"] if r["role"] == "test") <= stats.ALPHA_FW
 
 
 def test_table_shows_columns_verdicts_and_findings():
@@ -70,7 +70,7 @@ def test_table_shows_columns_verdicts_and_findings():
     assert "sampler: pass" in out and "pass (4)" in out and "finding 4/4" in out
     assert "T=300 (source)" in out and "TV(q(x_T), N(0,I))" in out
     assert "E[eps|x_t]" in out  # notes are printed verbatim (no markup eaten)
-    assert f"seed {S.seed_for('sampler', S.DEFAULT_ROOT_SEED)}" in out
+    assert f"seed {stats.seed_for('sampler', stats.DEFAULT_ROOT_SEED)}" in out
 
 
 def test_full_table_has_one_row_per_statistic():
@@ -84,7 +84,7 @@ def test_a_wrong_variant_fails_with_exit_1_and_prints_the_seed():
     assert res.exit_code == 1
     assert "mean-eps: FAIL" in res.stdout and "FAIL" in res.stdout
     assert "FAILED: mean-eps (root seed 11; rerun with --seed 11)" in res.stderr
-    assert f"seed {S.seed_for('mean-eps', 11)}" in res.stdout
+    assert f"seed {stats.seed_for('mean-eps', 11)}" in res.stdout
 
 
 def test_variant_json_reports_failure():
@@ -101,7 +101,7 @@ def test_another_schedule_and_seed():
     assert res.exit_code == 0, res.output
     c = json.loads(res.stdout)["checks"][0]
     assert c["schedule"]["kind"] == "cosine" and c["schedule"]["T"] == 100
-    assert c["seed"] == S.seed_for("marginal", 3) and c["root_seed"] == 3
+    assert c["seed"] == stats.seed_for("marginal", 3) and c["root_seed"] == 3
 
 
 @pytest.mark.parametrize("args, words", [

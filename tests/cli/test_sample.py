@@ -1,0 +1,65 @@
+"""`ddpm-check sample` through typer's CliRunner, on a tiny trained run."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def test_sample_batch_size_is_passed_through(trained, tmp_path):
+    import torch
+
+    from ddpm_check.sample import load_sampler, sample
+
+    out, _ = trained
+    r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "5", "--batch-size", "2", "--npy",
+                            "--seed", "4", "--device", "cpu", "--out", str(tmp_path / "b2"), "--json"])
+    assert r.exit_code == 0, r.output
+    got = torch.from_numpy(np.load(json.loads(r.stdout)["npy"]))
+    s = load_sampler(out, device="cpu")
+    assert torch.equal(got, sample(s, 5, seed=4, batch_size=2))  # three batches: 2, 2, 1
+    assert not torch.equal(got, sample(s, 5, seed=4))  # one batch of 5 draws differently
+    for cmd in (["sample", "--checkpoint", str(out)], ["evaluate", "--checkpoint", str(out)]):
+        r = runner.invoke(app, [*cmd, "--batch-size", "0"])
+        assert r.exit_code == 2 and r.stderr.strip() == "error: --batch-size must be >= 1, got 0"
+
+
+def test_missing_and_pickle_checkpoints(tmp_path, clean_error):
+    r = runner.invoke(app, ["sample", "--checkpoint", str(tmp_path / "nope.safetensors")])
+    clean_error(r, "nope.safetensors")
+    r = runner.invoke(app, ["evaluate", "--checkpoint", str(tmp_path)])
+    clean_error(r, "checkpoint.safetensors")
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(pickle.dumps(Evil()))
+    for cmd in (["sample", "--checkpoint", str(bad)], ["train", "--resume", str(bad)]):
+        clean_error(runner.invoke(app, cmd), "model.pt", "refused")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_sample_bad_n(trained, clean_error):
+    clean_error(runner.invoke(app, ["sample", "--checkpoint", str(trained[0]), "-n", "0"]), "0")
+
+
+def test_sample_output_off_a_terminal_has_no_empty_bar_line(trained, tmp_path):
+    # the transient sampling bar left an empty first line when stdout was not a terminal
+    out, _ = trained
+    r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "1", "--strip-rows", "1",
+                            "--out", str(tmp_path / "one")])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("sampled 1 image [1, 8, 8] from ")
+    r = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "-n", "64"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith(str(out / "checkpoint.safetensors")) and "rough" not in r.stdout

@@ -1,0 +1,103 @@
+"""`ddpm-check train` through typer's CliRunner: the files, the output, resume, and bad values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+# a tiny but real `train --small`: 5 steps, T = 20, few samples (as the `trained` fixture's run)
+QUICK = ["--small", "--steps", "5", "-T", "20", "--eval-n", "16", "--n-samples", "4", "--checkpoint-every", "0"]
+
+
+def test_train_small_writes_all_files(trained):
+    out, summary = trained
+    for name in ("checkpoint.safetensors", "config.json", "samples.png", "reverse_process.png", "loss.png"):
+        assert (out / name).is_file(), name
+    assert summary["step"] == 5 and summary["samples_png"] == str(out / "samples.png")
+    m = summary["metric"]
+    assert m["n"] == 16 and m["fd_floor"] < m["fd_ceiling"]
+    assert 0.0 <= m["confidence"] <= 1.0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["schedule"]["T"] == 20 and cfg["data"]["kind"] == "digits" and cfg["train"]["loss"] == "l2"
+
+
+def test_train_human_output_names_files_and_metric(tmp_path):
+    r = runner.invoke(app, ["train", *QUICK, "--steps", "2", "--out", str(tmp_path / "h")])
+    assert r.exit_code == 0, r.output
+    assert "samples.png" in r.output and "reverse_process.png" in r.output and "loss.png" in r.output
+    assert "noise (ceiling)" in r.output and "real digits (floor)" in r.output
+    assert "929,409 params" in r.output  # the small SimpleUnet
+
+
+def test_resume_continues_to_new_total(trained, tmp_path):
+    out, _ = trained
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    r = runner.invoke(app, ["train", "--resume", str(copy), "--steps", "7", "--eval-n", "0",
+                            "--n-samples", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["step"] == 7 and s["steps_this_run"] == 2 and s["metric"] is None
+
+
+def test_resume_to_fewer_steps_than_done_is_refused_before_training(trained):
+    out, _ = trained
+    before = (out / "checkpoint.safetensors").read_bytes()
+    r = runner.invoke(app, ["train", "--resume", str(out), "--steps", "3"])
+    assert r.exit_code == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "cannot train to step 3" in lines[0] and "already at step 5" in lines[0]
+    assert "training" not in r.stdout  # no banner, no progress bar before the error
+    assert (out / "checkpoint.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--steps", "-3"], ["-3"]),
+        (["--image-size", "12"], ["12"]),
+        (["--channels-list", "8,16,32", "--image-size", "6", "--data", "mixture"], ["6", "2**depth = 4"]),
+        (["--schedule", "quadratic"], ["quadratic", "linear, cosine"]),
+        (["--loss", "huber"], ["huber"]),
+        (["--model", "medium"], ["medium", "small, full"]),
+        (["--data", "no/such/folder"], ["no/such/folder"]),
+        (["--device", "tpu"], ["tpu"]),
+        (["--ema-decay", "1.5"], ["1.5"]),
+        (["--channels-list", "8,x"], ["8,x"]),
+    ],
+)
+def test_train_bad_values(tmp_path, args, words, clean_error):
+    r = runner.invoke(app, ["train", "--small", "--out", str(tmp_path / "o"), *args])
+    clean_error(r, *words)
+    assert not (tmp_path / "o" / "checkpoint.safetensors").exists()
+
+
+def test_train_refuses_to_overwrite_a_run(trained, clean_error):
+    out, _ = trained
+    r = runner.invoke(app, ["train", *QUICK, "--out", str(out)])
+    clean_error(r, str(out), "--resume")
+
+
+def test_train_on_an_image_folder_and_a_corrupt_one(tmp_path, clean_error):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k in range(3):
+        Image.new("RGB", (12, 10), (40 * k, 100, 200)).save(folder / f"im{k}.png")
+    r = runner.invoke(app, ["train", "--data", str(folder), "--image-size", "8", "--channels-list", "8,16",
+                            "--steps", "2", "-T", "5", "--batch-size", "4", "--n-samples", "2",
+                            "--out", str(tmp_path / "run"), "--json"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["data"]["kind"] == "folder" and cfg["model"]["image_channels"] == 3
+    (folder / "zz_bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    r = runner.invoke(app, ["train", "--data", str(folder), "--image-size", "8", "--out", str(tmp_path / "run2")])
+    clean_error(r, "zz_bad.jpg")
