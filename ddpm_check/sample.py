@@ -114,6 +114,14 @@ def count_non_finite(x: torch.Tensor) -> int:
     return int((~torch.isfinite(x).flatten(1).all(dim=1)).sum())
 
 
+def describe(x: torch.Tensor) -> dict[str, float | int]:
+    """What `sample` reports of samples [N, ...] in about [-1, 1]: their mean and std, the
+    fraction of values outside [-1, 1] (a NaN counts as outside) and the samples not finite."""
+    return {"mean": float(x.mean()), "std": float(x.std()),
+            "fraction_outside_unit": float((~(x.abs() <= 1)).float().mean()),
+            "non_finite_samples": count_non_finite(x)}
+
+
 def available_memory() -> int | None:
     """Bytes of memory the system can still give this process (Linux MemAvailable), or None."""
     try:

@@ -35,6 +35,7 @@ Rank 0 alone reports progress and writes checkpoints; every rank loads them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import signal
@@ -192,6 +193,28 @@ def check_out_dir(out_dir: Path, continuing: Path | None = None) -> None:
     if clash:
         raise DDPMCheckError(f"output folder {str(out_dir)!r} already holds {', '.join(clash)}, which this run "
                              f"would overwrite; choose another --out or move them")
+
+
+@contextlib.contextmanager
+def output_folder(out_dir: Path, create: bool = True):
+    """Make ``out_dir`` (and missing parents) for a run's files, when ``create`` (rank 0 alone
+    writes); if the block fails with an exception (e.g. the loss became nan), remove the folders
+    made here again while they hold no file.  Ctrl-C leaves them: the run saved its checkpoint."""
+    made = None  # the first folder this creates
+    if create and not out_dir.exists():
+        made = out_dir.absolute()
+        while not made.parent.exists():
+            made = made.parent
+    if create:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out_dir
+    except Exception:
+        if made is not None and made.is_dir() and not any(f.is_file() for f in made.rglob("*")):
+            import shutil
+
+            shutil.rmtree(made)
+        raise
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -404,6 +427,12 @@ class Trainer:
     @property
     def compiled(self) -> bool:
         return self._eps is not self._eager_eps
+
+    @property
+    def final_loss(self) -> float | None:
+        """The mean loss of the last 50 steps (None before the first step): what a run reports."""
+        recent = self.loss_history[-50:]
+        return float(sum(recent) / len(recent)) if recent else None
 
     # ---- one step -------------------------------------------------------------------------------
     def _ema_update(self) -> None:

@@ -69,9 +69,6 @@ def command(
              else ScheduleConfig.from_options(schedule, T, beta_start, beta_end))
     root = stats.DEFAULT_ROOT_SEED if seed is None else seed
 
-    def own_options(n: str) -> dict:  # each option goes to the checks that take it
-        return {k: v for k, v in options.items() if n in mc.option_owners(k)}
-
     con = console()
     if not con.is_terminal and con.width < TABLE_WIDTH:  # piped: room for the table
         from rich.console import Console
@@ -82,11 +79,11 @@ def command(
     for n in names:
         if as_json:
             results.append(mc.run_check(n, samples=samples, seed=root, schedule=sched, variant=variant,
-                                        **own_options(n)))
+                                        **mc.options_for(n, options)))
         else:
             with err.status(f"check {n} ...") as status:
                 results.append(mc.run_check(n, samples=samples, seed=root, schedule=sched, variant=variant,
-                                            progress=lambda msg: status.update(msg), **own_options(n)))
+                                            progress=lambda msg: status.update(msg), **mc.options_for(n, options)))
     ok = all(r.passed for r in results)
     document = None
     if as_json:

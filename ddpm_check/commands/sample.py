@@ -26,7 +26,7 @@ def command(
 ):
     import numpy as np
 
-    from ddpm_check.sample import count_non_finite, load_sampler
+    from ddpm_check.sample import describe, load_sampler
 
     check_seed(seed, "--seed")
     at_least("-n", n, 1)
@@ -40,10 +40,7 @@ def command(
                                      batch_size=batch_size, compile=compile_)
     summary = {"checkpoint": str(sampler.path), "step": sampler.step, "n": n, "seed": seed,
                "shape": list(x.shape), "samples_png": str(grid), "reverse_process_png": str(strip),
-               "npy": None, "mean": float(x.mean()), "std": float(x.std()),
-               "fraction_outside_unit": float((~(x.abs() <= 1)).float().mean()),  # NaN counts as outside
-               "non_finite_samples": count_non_finite(x),
-               **compile_summary(compile_, sampler.compile_error)}
+               "npy": None, **describe(x), **compile_summary(compile_, sampler.compile_error)}
     if npy:
         np.save(out_dir / "samples.npy", x.numpy())
         summary["npy"] = str(out_dir / "samples.npy")

@@ -96,13 +96,6 @@ def command(
 
     # Under torchrun every rank trains; rank 0 alone writes files and prints.
     main_rank = trainer.dist.is_main
-    made = None  # the first folder this run creates: removed again if training fails before writing into it
-    if main_rank and not out_dir.exists():
-        made = out_dir.absolute()
-        while not made.parent.exists():
-            made = made.parent
-    if main_rank:
-        out_dir.mkdir(parents=True, exist_ok=True)
     ck_path = out_dir / "checkpoint.safetensors"
     n_params = sum(p.numel() for p in trainer.model.parameters())
     total = trainer.train_cfg.steps
@@ -127,31 +120,26 @@ def command(
     start_step = trainer.step
     last_ips = [float("nan")]
     try:
-        if quiet:
-            trainer.run(until=total, checkpoint_path=ck_path, checkpoint_every=checkpoint_every,
-                        progress=lambda p: last_ips.__setitem__(0, p.images_per_s))
-        else:
-            bar, task = _progress_bar(con, total, trainer.step, "training")
+        with T.output_folder(out_dir, create=main_rank):  # removed again if training fails before writing into it
+            if quiet:
+                trainer.run(until=total, checkpoint_path=ck_path, checkpoint_every=checkpoint_every,
+                            progress=lambda p: last_ips.__setitem__(0, p.images_per_s))
+            else:
+                bar, task = _progress_bar(con, total, trainer.step, "training")
 
-            def on_progress(p):
-                last_ips[0] = p.images_per_s
-                bar.update(task, completed=p.step, loss=f"{p.loss:.4f}", ips=f"{p.images_per_s:,.0f}")
+                def on_progress(p):
+                    last_ips[0] = p.images_per_s
+                    bar.update(task, completed=p.step, loss=f"{p.loss:.4f}", ips=f"{p.images_per_s:,.0f}")
 
-            with bar:
-                trainer.run(until=total, progress=on_progress, checkpoint_path=ck_path,
-                            checkpoint_every=checkpoint_every)
+                with bar:
+                    trainer.run(until=total, progress=on_progress, checkpoint_path=ck_path,
+                                checkpoint_every=checkpoint_every)
     except KeyboardInterrupt:
         trainer.close()
         if not main_rank:
             raise typer.Exit(130)
         raise Failed(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume {out_dir}",
                      code=130) from None
-    except Exception:  # e.g. the loss became nan: leave no empty output folders behind
-        if made is not None and made.is_dir() and not any(f.is_file() for f in made.rglob("*")):
-            import shutil
-
-            shutil.rmtree(made)
-        raise
     train_s = time.perf_counter() - t_train
     trainer.close()  # leave the process group: sampling and scoring below are rank 0's alone
     if not main_rank:
@@ -169,7 +157,6 @@ def command(
         from ddpm_check.metrics import evaluate_digits
 
         score = evaluate_digits(x[:eval_n], seed=seed).to_dict()
-    recent = trainer.loss_history[-50:]
     summary = {
         "out": str(out_dir),
         "checkpoint": str(ck_path),
@@ -179,7 +166,7 @@ def command(
         "loss_png": str(loss_png),
         "step": trainer.step,
         "steps_this_run": trainer.step - start_step,
-        "final_loss": float(sum(recent) / len(recent)) if recent else None,
+        "final_loss": trainer.final_loss,
         "parameters": n_params,
         "device": trainer.device.type,
         "processes": trainer.dist.world_size,

@@ -45,6 +45,11 @@ def option_owners(option: str) -> list[str]:
     return [n for n, e in montecarlo.CHECKS.items() if option in e.options]
 
 
+def options_for(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``options`` that check ``name`` takes (each option goes to the checks that take it)."""
+    return {k: v for k, v in options.items() if name in option_owners(k)}
+
+
 def _as_schedule(schedule: Schedule | ScheduleConfig | None) -> Schedule | None:
     """The schedule to check; DDPMCheckError for one whose alpha_bar_t underflows to 0, where x_t
     keeps nothing of x_0 and the formulas under test divide by alpha_bar_t (the checks would
@@ -153,6 +158,6 @@ def run_all(*, network: bool = False, samples: int | None = None, seed: int = st
             raise DDPMCheckError(f"options {o} are the {', '.join(owners)} check's: pass network=True" if owners
                                  else f"no check takes option {o}")
     return [run_check(n, samples=samples, seed=seed, schedule=schedule, progress=progress,
-                      **{o: v for o, v in options.items() if n in option_owners(o)})
+                      **options_for(n, options))
             for n in names]
 
