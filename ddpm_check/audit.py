@@ -619,8 +619,6 @@ def claim_sampling_step(mu_eps: Any = None, sampling_step: Any = None, schedule:
     from ddpm_check.diffusion import GaussianDiffusion
 
     t0 = time.perf_counter()
-    from derivations import symbols as S
-
     src = source_posterior_formulas()
     mue = src["mu_eps"] if mu_eps is None else sp.sympify(mu_eps)
     step = src["sampling_step"] if sampling_step is None else sp.sympify(sampling_step)

@@ -6,7 +6,6 @@ import json
 import pickle
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from cli import app
