@@ -105,11 +105,11 @@ def _pasted(command: str) -> list[str]:
     return [line.rstrip() for line in README[start:README.index("```", start)].splitlines()]
 
 
-@pytest.mark.parametrize("command", ["derive", "check"])
+@pytest.mark.parametrize("command", ["derive", "check", "derive nope"])
 def test_pasted_listings_are_the_registries(command):
-    """`ddpm-check derive` and `ddpm-check check` list the registries: a registered derivation or
-    check (or variant) missing from the README's tour fails here."""
+    """`ddpm-check derive` and `ddpm-check check` list the registries, and an unknown name lists the
+    valid ones: a registered derivation or check (or variant) missing from the README fails here."""
     from typer.testing import CliRunner
 
-    real = CliRunner().invoke(app, [command], env={"COLUMNS": "100"}).output
+    real = CliRunner().invoke(app, command.split(), env={"COLUMNS": "100"}).output
     assert _pasted(command) == [line.rstrip() for line in real.splitlines()]

@@ -56,6 +56,7 @@ class CheckContext:
         self.notes: list[str] = []
         self.used: list[str] = []  # the derivations whose formulas the check asked for
         self._alpha: float | None = None
+        self._declared = 0
 
     # ---- formulas --------------------------------------------------------------------------
     def formulas(self, deriv: str) -> dict[str, Callable[..., Any]]:
@@ -101,7 +102,9 @@ class CheckContext:
         return stats.bonferroni(self.share, max(int(k), 1))
 
     def set_tests(self, k: int) -> float:
-        """Declare the number of statistical tests; returns each one's alpha."""
+        """Declare the number of statistical tests (the rows with alpha > 0; exact rows, which
+        record alpha 0, and diagnostics do not count); returns each one's alpha."""
+        self._declared = int(k)
         self._alpha = self.alpha_for(k)
         return self._alpha
 
@@ -113,11 +116,12 @@ class CheckContext:
     def verify_budget(self) -> None:
         """CheckDefect unless the test rows' alphas add up to at most the check's share: a check
         that adds more tests than it declared would raise the false-failure rate silently."""
-        tests = [r for r in self.rows if r.role == ROLE_TEST]
+        tests = [r for r in self.rows if r.role == ROLE_TEST and r.alpha > 0]
         spent = math.fsum(r.alpha for r in tests)
         if spent > self.share * (1 + 1e-9):
-            raise CheckDefect(f"check {self.name!r}: its {len(tests)} test rows spend alpha {spent:.3g}, more than its "
-                              f"share {self.share:.3g} of the false-failure budget (declare every test with set_tests)")
+            raise CheckDefect(f"check {self.name!r}: its {len(tests)} statistical test rows (set_tests declared "
+                              f"{self._declared}) spend alpha {spent:.3g}, more than its share {self.share:.3g} of the "
+                              f"false-failure budget; declare every statistical test with set_tests")
 
     def require(self, ok: bool, what: str, delta: float, limit: float, needed_n: int) -> None:
         if not ok:
