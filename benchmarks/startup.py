@@ -6,6 +6,11 @@ The figures go to BENCHMARKS.md; no test asserts them.
 
     python benchmarks/startup.py            # 7 runs each, the installed `ddpm-check`
     python benchmarks/startup.py --runs 15
+    python benchmarks/startup.py --against /tmp/old   # beside another checkout, runs interleaved
+
+With ``--against DIR`` both trees run as ``python -c 'from cli import app; app()'`` from their
+own folder (so each imports its own ``cli``, ``ddpm_check`` and ``derivations``), alternating
+run by run so that the machine's load falls on both alike; the table adds the ratio.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = (
     ("ddpm-check --help", ["--help"], 0.5),
     ("ddpm-check derive posterior", ["derive", "posterior"], 1.5),
+    ("ddpm-check check (the listing)", ["check"], 1.5),
 )
+#: a checkout's CLI run from its own folder (its modules before any installed ones)
+FROM_TREE = [sys.executable, "-c", "from cli import app; app(prog_name='ddpm-check')"]
 
 
 def entry() -> list[str]:
@@ -39,9 +47,9 @@ def entry() -> list[str]:
     return [sys.executable, "-c", "from cli import app; app(prog_name='ddpm-check')"]
 
 
-def time_once(cmd: list[str]) -> float:
+def time_once(cmd: list[str], cwd: Path = ROOT) -> float:
     start = time.perf_counter()
-    out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    out = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - start
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()}")
@@ -52,7 +60,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="runs per command (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (disk cache, .pyc)")
+    parser.add_argument("--against", type=Path, default=None, help="another checkout to time beside this one")
     args = parser.parse_args()
+
+    print(f"Start-up, median of {args.runs} runs (fresh process each); "
+          f"{platform.python_implementation()} {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs, {platform.machine()}\n")
+    if args.against is not None:
+        trees = {"this": ROOT, "other": args.against.resolve()}
+        print(f"| command | this (s) | {args.against} (s) | this / other | target (s) |")
+        print("|---|---:|---:|---:|---:|")
+        for label, argv, target in CASES:
+            for cwd in trees.values():
+                for _ in range(args.warmup):
+                    time_once(FROM_TREE + argv, cwd)
+            times: dict[str, list[float]] = {k: [] for k in trees}
+            for _ in range(args.runs):  # alternate, so that load falls on both alike
+                for k, cwd in trees.items():
+                    times[k].append(time_once(FROM_TREE + argv, cwd))
+            this, other = (statistics.median(times[k]) for k in trees)
+            print(f"| `{label}` | {this:.3f} | {other:.3f} | {this / other:.2f} | {target:.1f} |")
+        return
 
     base = entry()
     rows = []
@@ -64,9 +92,6 @@ def main() -> None:
         med = statistics.median(times)
         rows.append((label, med, min(times), max(times), target))
 
-    print(f"Start-up, median of {args.runs} runs (fresh process each); "
-          f"{platform.python_implementation()} {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs, {platform.machine()}\n")
     print("| command | median (s) | min (s) | max (s) | target (s) | |")
     print("|---|---:|---:|---:|---:|---|")
     for label, med, lo, hi, target in rows:
