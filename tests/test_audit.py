@@ -3,7 +3,7 @@
 Each claim function runs on the source's input (its verdict as the source stands) and on a
 corrected or deliberately wrong input (the opposite verdict).  The numbers it reports are
 compared with values computed here independently (explicit products, quadrature, closed forms).
-The toolkit's Monte Carlo checks that the claims cite are exercised by tests/test_cli_audit.py
+The toolkit's Monte Carlo checks that the claims cite are exercised by tests/cli/test_audit.py
 (a full audit); here ``checks=False`` keeps the tests fast.
 """
 

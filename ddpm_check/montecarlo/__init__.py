@@ -96,8 +96,8 @@ CHECK_NAMES: tuple[str, ...] = CHECKS.names
 
 #: names importable from here, and the module each lives in (imported on first use: numpy, scipy)
 _LAZY = {
-    **dict.fromkeys(("run_check", "run_all", "resolve_names", "variants", "get_variant", "option_owners",
-                     "options_for", "alpha_per_check"), "ddpm_check.montecarlo.runner"),
+    **dict.fromkeys(("run_check", "run_all", "resolve_names", "get_variant", "option_owners", "options_for",
+                     "alpha_per_check"), "ddpm_check.montecarlo.runner"),
     **dict.fromkeys(("CheckContext", "CheckDefect"), "ddpm_check.montecarlo.context"),
     **dict.fromkeys(("CheckResult", "CheckRow", "ROLE_TEST", "ROLE_DIAGNOSTIC"), "ddpm_check.montecarlo.results"),
     "Variant": "ddpm_check.montecarlo.variants",

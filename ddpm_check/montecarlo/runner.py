@@ -26,11 +26,6 @@ def alpha_per_check() -> float:
     return stats.alpha_per_check(len(montecarlo.CHECKS))
 
 
-def variants(name: str) -> dict[str, str]:
-    """The known-wrong variants of check ``name``: {variant name: description}."""
-    return {v.name: v.description for v in montecarlo.CHECKS.entry(name, also="all").variants.values()}
-
-
 def get_variant(name: str, variant_name: str) -> Variant:
     """The known-wrong variant ``variant_name`` of check ``name``."""
     known = montecarlo.CHECKS.entry(name, also="all").variants
@@ -105,7 +100,7 @@ def run_check(name: str, *, samples: int | None = None, seed: int = stats.DEFAUL
         seed: the root seed; the check's seed is ``stats.seed_for(name, seed)``.
         schedule: the beta schedule to check (default: linear T = 300 from 1e-4 to 0.02, the
             source's; the sampler check's default is its own set of configurations).
-        variant: a known-wrong variant from ``variants(name)`` (the check should fail).
+        variant: a known-wrong variant from ``CHECKS[name].variants`` (the check should fail).
         options: the check's own (its module's ``OPTIONS``; network: ``steps``).
     Raises:
         DDPMCheckError: unknown name or variant, samples < 1, a sample size too small for the

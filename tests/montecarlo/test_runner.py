@@ -132,3 +132,13 @@ def test_options_go_only_to_the_checks_that_take_them():
         mc.run_all(steps=10)
     with pytest.raises(DDPMCheckError, match="no check takes option speed"):
         mc.run_all(network=True, speed=10)
+
+
+def test_every_name_the_package_exports_is_what_it_says():
+    """The runner's functions are importable from the package, and no submodule of the same name
+    (importing a submodule sets that attribute on the package) shadows one of them."""
+    import types
+
+    mc.run_check("mean-eps")  # imports the submodules
+    for name in mc.__all__:
+        assert not isinstance(getattr(mc, name), types.ModuleType), name
