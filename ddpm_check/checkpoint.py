@@ -98,14 +98,56 @@ def save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) 
     return path
 
 
-def _refuse_pickle(path: Path, head: bytes) -> None:
-    # A raw pickle starts with the PROTO opcode 0x80; torch.save writes a zip archive ("PK\x03\x04")
-    # around a pickle.  Either can carry code; neither is ever parsed here.
-    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04" or path.suffix.lower() in (".pt", ".pth", ".pkl", ".ckpt", ".bin"):
-        raise DDPMCheckError(
-            f"checkpoint {str(path)!r} looks like a pickle (torch.save / .pt) file: refused, because "
-            f"unpickling can run code; ddpm-check reads only its own .safetensors checkpoints"
-        )
+#: names of files torch.save / pickle writes: refused before reading (``save`` refuses them too)
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".bin")
+MAX_HEADER = 100_000_000  # bytes of safetensors JSON header: far above any real one
+
+
+def _pickle_refusal(path: Path) -> DDPMCheckError:
+    return DDPMCheckError(
+        f"checkpoint {str(path)!r} looks like a pickle (torch.save / .pt) file: refused, because "
+        f"unpickling can run code; ddpm-check reads only its own .safetensors checkpoints"
+    )
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    """A raw pickle (protocol >= 2 starts with the PROTO opcode 0x80 and the protocol number) or
+    the zip archive torch.save writes around one ("PK\x03\x04").  Asked only of a file that is
+    not a safetensors file: 0x80 is also the first byte of every safetensors file whose header
+    length is 128 mod 256."""
+    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head[:4] == b"PK\x03\x04"
+
+
+def read_header(path: Path) -> dict:
+    """The JSON header of the safetensors file ``path`` (never unpickles, never loads tensors).
+
+    A safetensors file is: 8 bytes, the header's length n (little-endian); n bytes of JSON, an
+    object; the tensors' raw bytes.  The file is recognised by that structure first; only a file
+    that does not have it is looked at as a pickle or a zip archive, and refused as such; anything
+    else is "not a readable safetensors file".  Raises DDPMCheckError (or OSError from the file
+    system)."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise _pickle_refusal(path)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = None
+        if 2 <= n <= min(size - 8, MAX_HEADER):
+            raw = fh.read(n)
+            if raw[:1] == b"{":  # a JSON object: what every safetensors header is
+                try:
+                    header = json.loads(raw)
+                except (ValueError, RecursionError):
+                    header = None
+    if isinstance(header, dict):
+        return header
+    if _looks_like_pickle(head):
+        raise _pickle_refusal(path)
+    why = (f"only {len(head)} bytes" if len(head) < 8
+           else f"header length {n} does not fit a file of {size} bytes" if not 2 <= n <= min(size - 8, MAX_HEADER)
+           else "its header is not a JSON object")
+    raise DDPMCheckError(f"checkpoint {str(path)!r} is not a readable safetensors file ({why})")
 
 
 def load(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -119,16 +161,7 @@ def load(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
         return DDPMCheckError(f"checkpoint {str(f)!r} is not a readable safetensors file ({why})")
 
     try:
-        size = f.stat().st_size
-        with open(f, "rb") as fh:
-            head = fh.read(8)
-            _refuse_pickle(f, head)
-            if len(head) < 8:
-                raise unreadable(f"only {len(head)} bytes")
-            n = int.from_bytes(head, "little")  # the JSON header's length
-            if not 2 <= n <= min(size - 8, 100_000_000):
-                raise unreadable(f"header length {n} does not fit a file of {size} bytes")
-            header = json.loads(fh.read(n))
+        header = read_header(f)
         tensors = load_file(f)  # memory-mapped; parses only the header and raw buffers
     except DDPMCheckError:
         raise
@@ -136,12 +169,12 @@ def load(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
         raise DDPMCheckError(f"cannot read checkpoint {str(f)!r}: {exc.strerror or exc}") from None
     except (SafetensorError, ValueError, UnicodeDecodeError, RuntimeError) as exc:
         raise unreadable(first_line(exc)) from None
-    text = (header.get("__metadata__") or {}).get(META_KEY) if isinstance(header, dict) else None
+    text = (header.get("__metadata__") or {}).get(META_KEY)
     if text is None:
         raise DDPMCheckError(f"checkpoint {str(f)!r} is a safetensors file but not a ddpm-check checkpoint (no {META_KEY!r} metadata)")
     try:
         meta = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: '[' nested 100,000 deep
         raise DDPMCheckError(f"checkpoint {str(f)!r} has corrupt configuration JSON") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DDPMCheckError(
