@@ -68,6 +68,11 @@ def resolve(path: str | os.PathLike) -> Path:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder (fsync, rename), so
+    an interrupted or failed write leaves the previous file whole.  A failure names ``path`` and
+    its folder, never the temporary file; a full disk also says how much space was needed."""
+    import errno
+
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -75,6 +80,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DDPMCheckError(f"no space left on the device to write {path.name} ({len(data):,} bytes) in folder "
+                                 f"{str(path.parent)!r}; free some space or choose another --out") from None
+        raise DDPMCheckError(f"cannot write {path.name} in folder {str(path.parent)!r}: {exc.strerror or exc}") from None
     finally:
         if tmp.exists():
             tmp.unlink()

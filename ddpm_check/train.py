@@ -37,8 +37,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
+import os
+import shutil
 import signal
+import socket
+import sys
 import threading
 import time
 import warnings
@@ -168,8 +173,6 @@ def configs_from_options(*, small: bool = False, data: str | None = None, image_
 
 def check_run_name(name: str) -> str:
     """``name`` if it is a plain folder name for runs/<name>, else DDPMCheckError."""
-    import os
-
     seps = {"/", "\\", os.sep, os.altsep or "/"}
     if not name.strip() or name in (".", "..") or any(c in name for c in seps):
         raise DDPMCheckError(f"--name must be a plain folder name (no '/', not '.' or '..'), got {name!r}; "
@@ -195,26 +198,90 @@ def check_out_dir(out_dir: Path, continuing: Path | None = None) -> None:
                              f"would overwrite; choose another --out or move them")
 
 
+#: the file a run holds locked in its output folder while it runs (it names the holder)
+LOCK_NAME = ".ddpm-check.lock"
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as its lock file says ("another ddpm-check run" if it says nothing yet)."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return (f"ddpm-check run pid {info['pid']} on {info['host']}, started {info['started']}"
+                + (f" ({info['command']})" if info.get("command") else ""))
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another ddpm-check run"
+
+
+def _lock(out_dir: Path) -> int:
+    """An exclusive lock on ``out_dir`` for this process (an open file descriptor to close), or
+    DDPMCheckError naming the run that holds it, or naming the folder if it cannot be written."""
+    path = out_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise DDPMCheckError(f"output folder {str(out_dir)!r} cannot be written ({exc.strerror or exc}); "
+                             f"choose another --out") from None
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: the files are still checked, not locked
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise DDPMCheckError(f"output folder {str(out_dir)!r} is in use by {holder}; wait for it to finish "
+                             f"or choose another --out") from None
+    info = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv[1:])[:200]}
+    try:  # also the probe that the folder can be written, before any training
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise DDPMCheckError(f"output folder {str(out_dir)!r} cannot be written ({exc.strerror or exc}); "
+                             f"choose another --out") from None
+    return fd
+
+
 @contextlib.contextmanager
-def output_folder(out_dir: Path, create: bool = True):
-    """Make ``out_dir`` (and missing parents) for a run's files, when ``create`` (rank 0 alone
-    writes); if the block fails with an exception (e.g. the loss became nan), remove the folders
-    made here again while they hold no file.  Ctrl-C leaves them: the run saved its checkpoint."""
+def run_folder(out_dir: Path, continuing: Path | None = None, writer: bool = True):
+    """Hold ``out_dir`` for a run's whole life (rank 0 alone writes: ``writer``).
+
+    The folder (and missing parents) is made; an exclusive lock is taken (``LOCK_NAME``, an
+    ``flock``), so a second ``train`` into the same folder, concurrent or not yet finished, is
+    refused with one line naming the holder; writing the lock file proves the folder writable
+    before the model is built; :func:`check_out_dir` then refuses files of another run.  If the
+    block fails with an exception (e.g. the loss became nan), the folders made here are removed
+    again while they hold no file of the run; Ctrl-C leaves them (the run saved its checkpoint).
+    The lock is released, and its file removed, on the way out."""
+    if not writer:
+        yield out_dir
+        return
     made = None  # the first folder this creates
-    if create and not out_dir.exists():
+    if not out_dir.exists():
         made = out_dir.absolute()
         while not made.parent.exists():
             made = made.parent
-    if create:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        yield out_dir
-    except Exception:
-        if made is not None and made.is_dir() and not any(f.is_file() for f in made.rglob("*")):
-            import shutil
-
+        fd = _lock(out_dir)
+    except DDPMCheckError:
+        if made is not None and made.is_dir() and not any(made.rglob("*")):
             shutil.rmtree(made)
         raise
+    try:
+        check_out_dir(out_dir, continuing)
+        yield out_dir
+    except Exception:
+        (out_dir / LOCK_NAME).unlink(missing_ok=True)
+        if made is not None and made.is_dir() and not any(f.is_file() for f in made.rglob("*")):
+            shutil.rmtree(made)
+        raise
+    finally:
+        (out_dir / LOCK_NAME).unlink(missing_ok=True)  # still locked: a run that opened it is refused
+        os.close(fd)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

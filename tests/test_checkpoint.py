@@ -112,3 +112,22 @@ def test_deeply_nested_configuration_json_is_one_line(tmp_path):
     save_file({"w": DATA}, path, metadata={ckpt.META_KEY: "[" * 100_000})
     with pytest.raises(DDPMCheckError, match="corrupt configuration JSON"):
         ckpt.load(path)
+
+
+@pytest.mark.parametrize("err, words", [
+    (28, ["no space left on the device to write checkpoint.safetensors (", " bytes) in folder ", "choose another --out"]),
+    (13, ["cannot write checkpoint.safetensors in folder ", "Permission denied"]),
+])
+def test_a_failed_save_names_the_file_and_folder_not_the_temporary(tmp_path, monkeypatch, err, words):
+    import os
+
+    def fail(fd):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(ckpt.os, "fsync", fail)
+    path = tmp_path / "run" / "checkpoint.safetensors"
+    with pytest.raises(DDPMCheckError) as e:
+        ckpt.save(path, {"w": DATA}, {"pad": ""})
+    msg = str(e.value)
+    assert all(w in msg for w in words) and str(tmp_path / "run") in msg and ".tmp" not in msg, msg
+    assert not any(p.name.startswith(".") for p in (tmp_path / "run").iterdir())  # no temporary left behind

@@ -214,3 +214,47 @@ def test_checkpoint_whose_config_does_not_match_its_weights(tmp_path):
 
     with pytest.raises(DDPMCheckError, match="do not match"):
         load_sampler(path, device="cpu")
+
+
+# ---- the run folder: one run at a time, writable, proven before the work -------------------------
+def test_a_run_folder_is_held_by_one_run(tmp_path):
+    from ddpm_check.train import LOCK_NAME, run_folder
+
+    out = tmp_path / "a" / "run"
+    with run_folder(out):
+        assert (out / LOCK_NAME).is_file()
+        with pytest.raises(DDPMCheckError, match=r"is in use by ddpm-check run pid \d+ on .*, started "):
+            with run_folder(out):
+                pass
+    assert not (out / LOCK_NAME).exists()  # released and gone: the folder is free again
+    with run_folder(out):
+        pass
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_the_work(tmp_path, monkeypatch):
+    import os as _os
+
+    from ddpm_check import train as T
+
+    real_open = _os.open
+
+    def refuse(path, *a, **k):
+        if str(path).endswith(T.LOCK_NAME):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(T.os, "open", refuse)
+    out = tmp_path / "ro"
+    out.mkdir()
+    with pytest.raises(DDPMCheckError, match=r"output folder '.*ro' cannot be written \(Permission denied\)"):
+        with T.run_folder(out):
+            raise AssertionError("the block must not run")
+
+
+def test_a_failed_run_leaves_no_folder_it_made(tmp_path):
+    from ddpm_check.train import run_folder
+
+    with pytest.raises(RuntimeError):
+        with run_folder(tmp_path / "new" / "run"):
+            raise RuntimeError("the loss became nan")
+    assert not (tmp_path / "new").exists()

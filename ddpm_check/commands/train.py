@@ -54,7 +54,7 @@ def command(
 
     from ddpm_check import checkpoint as ckpt
     from ddpm_check import train as T
-    from ddpm_check.sample import count_non_finite, sampler_from_modules, save_loss_curve
+    from ddpm_check.distributed import env_rank
 
     t_start = time.perf_counter()
     con = console()
@@ -83,16 +83,31 @@ def command(
     if resume is not None:
         ck_file = ckpt.resolve(resume)
         out_dir = Path(out) if out is not None else ck_file.parent
-        T.check_out_dir(out_dir, continuing=ck_file)
-        trainer = T.Trainer.from_checkpoint(ck_file, device=dev, steps=steps, compile=compile_)
     else:
+        ck_file = None
         configs = T.configs_from_options(
             small=small, data=data, image_size=image_size, channels=channels, model=model,
             channels_list=channels_list, timesteps=timesteps, schedule=schedule, beta_start=beta_start,
             beta_end=beta_end, loss=loss, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed)
         out_dir = Path(out) if out is not None else Path("runs") / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
-        T.check_out_dir(out_dir)
-        trainer = T.Trainer(*configs, device=dev, compile=compile_)
+    # the folder is this run's until it ends: made, locked against a second run, proven writable and
+    # free of another run's files before the model is built (rank 0 alone writes under torchrun)
+    with T.run_folder(out_dir, continuing=ck_file, writer=env_rank() == 0):
+        if ck_file is not None:
+            trainer = T.Trainer.from_checkpoint(ck_file, device=dev, steps=steps, compile=compile_)
+        else:
+            trainer = T.Trainer(*configs, device=dev, compile=compile_)
+        return _train(trainer, out_dir, con, t_start=t_start, resumed=ck_file is not None, ignored=ignored,
+                      as_json=as_json, compile_=compile_, checkpoint_every=checkpoint_every, n_samples=n_samples,
+                      eval_n=eval_n, seed=seed)
+
+
+def _train(trainer, out_dir: Path, con, *, t_start: float, resumed: bool, ignored: list[str], as_json: bool,
+           compile_: bool, checkpoint_every: int, n_samples: int, eval_n: int, seed: int):
+    """Train ``trainer`` to its total, then (rank 0) sample, draw, score and report."""
+    import time
+
+    from ddpm_check.sample import count_non_finite, sampler_from_modules, save_loss_curve
 
     # Under torchrun every rank trains; rank 0 alone writes files and prints.
     main_rank = trainer.dist.is_main
@@ -113,27 +128,26 @@ def command(
             f"EMA {trainer.train_cfg.ema_decay}, device {trainer.device.type}"
             + (f", {trainer.dist.world_size} processes (DDP)" if trainer.dist.enabled else "")
             + (", torch.compile" if compile_ else "")
-            + (f", resuming at step {trainer.step}" if resume is not None else ""),
+            + (f", resuming at step {trainer.step}" if resumed else ""),
             soft_wrap=True,
         )
     t_train = time.perf_counter()
     start_step = trainer.step
     last_ips = [float("nan")]
     try:
-        with T.output_folder(out_dir, create=main_rank):  # removed again if training fails before writing into it
-            if quiet:
-                trainer.run(until=total, checkpoint_path=ck_path, checkpoint_every=checkpoint_every,
-                            progress=lambda p: last_ips.__setitem__(0, p.images_per_s))
-            else:
-                bar, task = _progress_bar(con, total, trainer.step, "training")
+        if quiet:
+            trainer.run(until=total, checkpoint_path=ck_path, checkpoint_every=checkpoint_every,
+                        progress=lambda p: last_ips.__setitem__(0, p.images_per_s))
+        else:
+            bar, task = _progress_bar(con, total, trainer.step, "training")
 
-                def on_progress(p):
-                    last_ips[0] = p.images_per_s
-                    bar.update(task, completed=p.step, loss=f"{p.loss:.4f}", ips=f"{p.images_per_s:,.0f}")
+            def on_progress(p):
+                last_ips[0] = p.images_per_s
+                bar.update(task, completed=p.step, loss=f"{p.loss:.4f}", ips=f"{p.images_per_s:,.0f}")
 
-                with bar:
-                    trainer.run(until=total, progress=on_progress, checkpoint_path=ck_path,
-                                checkpoint_every=checkpoint_every)
+            with bar:
+                trainer.run(until=total, progress=on_progress, checkpoint_path=ck_path,
+                            checkpoint_every=checkpoint_every)
     except KeyboardInterrupt:
         trainer.close()
         if not main_rank:

@@ -101,3 +101,39 @@ def test_train_on_an_image_folder_and_a_corrupt_one(tmp_path, clean_error):
     (folder / "zz_bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     r = runner.invoke(app, ["train", "--data", str(folder), "--image-size", "8", "--out", str(tmp_path / "run2")])
     clean_error(r, "zz_bad.jpg")
+
+
+def test_two_runs_into_one_folder_the_second_is_refused(tmp_path):
+    """Two `train` processes on one --out: before, both exited 0 and one run was silently lost."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from ddpm_check.train import LOCK_NAME
+
+    out = tmp_path / "conc"
+    cmd = [sys.executable, "-m", "cli", "train", "--small", "-T", "20", "--eval-n", "0", "--n-samples", "1",
+           "--checkpoint-every", "0", "--out", str(out), "--json"]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    first = subprocess.Popen([*cmd, "--steps", "400", "--seed", "1"], cwd=root, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / LOCK_NAME).exists():  # the first run holds the folder
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first run never took the folder"
+            time.sleep(0.05)
+        second = subprocess.run([*cmd, "--steps", "5", "--seed", "2"], cwd=root, capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.count("\n") == 1 and "Traceback" not in second.stderr
+        assert f"output folder {str(out)!r} is in use by ddpm-check run pid {first.pid}" in second.stderr
+        stdout, stderr = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, stderr
+    assert json.loads(stdout)["step"] == 400
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["seed"] == 1 and config["step"] == 400  # the first run's, whole
