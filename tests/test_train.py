@@ -109,7 +109,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt.os, "fsync", boom)
     tr.run(until=2)
-    with pytest.raises(OSError):
+    with pytest.raises(DDPMCheckError, match="cannot write checkpoint.safetensors in folder .*disk full"):
         tr.save(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors", "config.json"]
