@@ -219,7 +219,9 @@ def check_limits(meta: dict, source: str) -> None:
         return d if isinstance(d, dict) else {}
 
     def bound(what: str, value, limit: int) -> None:
-        if _is_number(value) and not value <= limit:  # NaN fails too
+        if isinstance(value, float) and not value.is_integer():  # NaN, inf and 2.5 alike
+            raise DDPMCheckError(f"{source}: {what} must be an integer, got {value!r}")
+        if _is_number(value) and not value <= limit:
             raise DDPMCheckError(f"{source}: {what} {value!r} is over the limit {limit}")
 
     sched, model, data, train = section("schedule"), section("model"), section("data"), section("train")
@@ -279,3 +281,8 @@ def check_weights(tensors: dict[str, torch.Tensor], model_cfg, source: str,
                 raise DDPMCheckError(
                     f"{head}: {prefix}/{k} has shape {list(stored[k])} in the file, {list(shape)} in that configuration"
                 )
+        for k, v in prefixed(tensors, prefix).items():  # NaN weights sample NaN images without a word
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                bad = int((~torch.isfinite(v)).sum())
+                raise DDPMCheckError(f"{source}: its weights are not finite: {prefix}/{k} holds {bad:,} NaN or inf "
+                                     f"value(s) of {v.numel():,} (a diverged or corrupt run)")

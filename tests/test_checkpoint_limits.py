@@ -152,6 +152,8 @@ OVER_LIMIT = [
     ("time_emb_dim huge", _set("model", "time_emb_dim", 10**7), ["time_emb_dim", "10000000"]),
     ("image_channels huge", _set("model", "image_channels", 10**6), ["image_channels", "1000000"]),
     ("step not a number", lambda m: m.__setitem__("step", "abc"), ["step", "'abc'"]),
+    ("T NaN", _set("schedule", "T", float("nan")), ["schedule T must be an integer, got nan"]),
+    ("image_size 8.5", _set("data", "image_size", 8.5), ["data image_size must be an integer, got 8.5"]),
 ]
 
 
@@ -222,3 +224,17 @@ def test_the_limit_check_itself_names_a_huge_T(good):
     with pytest.raises(DDPMCheckError, match="200000"):
         ckpt.check_limits(meta, "checkpoint 'x.safetensors'")
     ckpt.check_limits(read_meta(good), "checkpoint 'x.safetensors'")  # the real file is within them
+
+
+@pytest.mark.parametrize("cmd", ["sample", "evaluate", "train"])
+def test_non_finite_weights_are_refused_naming_the_tensor(good, tmp_path, cmd):
+    """NaN EMA weights sampled NaN images with exit 0, and --resume trained on silently."""
+    tensors = load_file(str(good))
+    name = next(k for k in tensors if k.startswith("ema/") and tensors[k].is_floating_point() and tensors[k].numel() > 4)
+    tensors[name][:2] = float("nan")
+    tmp = tmp_path / "w"
+    tmp.mkdir()
+    save_file(tensors, str(tmp / "nan.safetensors"))
+    bad = rewrite(good, tmp_path / "bad", tensors_from=tmp / "nan.safetensors")
+    r, elapsed = invoke(command(cmd, bad, tmp_path))
+    assert_one_line_error(r, elapsed, "weights are not finite", name, "2 NaN or inf")
