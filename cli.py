@@ -108,26 +108,36 @@ def failure_of(exc: BaseException) -> tuple[str, int, str] | None:
 
 def edge(func: Callable) -> Callable:
     """A command as the CLI runs it: the --json document it returns is printed; an exception a
-    user can act on becomes one red line and its exit code (:func:`failure_of`), after the
-    document a failing command still has.  The library's warning that torch.compile fell back
-    to eager mode is silenced: the commands say so themselves, in one line (and in --json as
-    compile_error)."""
+    user can act on becomes one red line on stderr and its exit code (:func:`failure_of`; Ctrl-C:
+    "interrupted", 130), after the document a failing command still has, or, with --json, after
+    ``{"error": ..., "exit_code": ...}`` on stdout so that scripts can parse the failure too.
+    The library's warning that torch.compile fell back to eager mode is silenced: the commands
+    say so themselves, in one line (and in --json as compile_error)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        wants_json = bool(kwargs.get("as_json")) or kwargs.get("fmt") == "json"
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r"torch\.compile ", category=UserWarning)
                 document = func(*args, **kwargs)
+        except KeyboardInterrupt:  # Ctrl-C where the command has nothing of its own to say
+            failure = ("interrupted", 130, "error")
+            document = None
         except Exception as exc:
             failure = failure_of(exc)
             if failure is None:
                 raise
-            if isinstance(exc, Failed) and exc.document is not None:
-                print_json(exc.document)
-            raise fail(*failure) from None
+            document = exc.document if isinstance(exc, Failed) else None
+        else:
+            if document is not None:
+                print_json(document)
+            return
+        if document is None and wants_json:  # scripts parse stdout: the failure, as JSON
+            document = {"error": failure[0], "exit_code": failure[1]}
         if document is not None:
             print_json(document)
+        raise fail(*failure)
 
     return wrapper
 

@@ -113,7 +113,10 @@ def interrupted_json(tmp_path_factory):
 def test_ctrl_c_json_mode(interrupted_json):
     out, rc, stdout, stderr = interrupted_json
     assert_clean_interrupt(out, rc, stderr)
-    assert stdout.strip() == ""  # no summary: the run did not finish
+    # no summary (the run did not finish), but the failure, as JSON, for scripts that parse stdout
+    doc = json.loads(stdout)
+    assert doc["exit_code"] == 130 and doc["error"].startswith("interrupted at step ")
+    assert f"--resume {out}" in doc["error"] and set(doc) == {"error", "exit_code"}
 
 
 def test_ctrl_c_with_progress_bar(tmp_path):

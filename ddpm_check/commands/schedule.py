@@ -22,7 +22,7 @@ def command(
                        "(betas 1e-4..0.02), cosine:1000. Repeat it or separate with commas.",
         show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Where to write the plot (.png, .pdf or .svg; default schedule.png in --out).", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the default plot file (default: the current folder).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the default plot file (default: runs/, where train writes too).", show_default=False)] = None,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not write a plot.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
 ):
@@ -46,7 +46,7 @@ def command(
         configs = [ScheduleConfig.from_options(kind, T, beta_start, beta_end, kind_flag="--kind")]
     if plot is not None and no_plot:
         raise DDPMCheckError("--plot and --no-plot contradict each other; give one")
-    plot_path = None if no_plot else D.check_plot_path(plot if plot is not None else (out or Path(".")) / "schedule.png")
+    plot_path = None if no_plot else D.check_plot_path(plot if plot is not None else (out or Path("runs")) / "schedule.png")
     schedules = [Schedule.from_config(c) for c in configs]
     diags = [D.diagnose(s) for s in schedules]
     if plot_path is not None:

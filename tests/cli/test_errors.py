@@ -3,6 +3,8 @@ the user's own text (paths with brackets) printed as given."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -256,3 +258,55 @@ def test_a_failed_training_leaves_no_empty_folders(tmp_path):
     (tmp_path / "mine").mkdir()
     r = runner.invoke(app, [*args, "--out", str(tmp_path / "mine")])
     assert r.exit_code == 2 and (tmp_path / "mine").is_dir()
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["derive", "nope", "--json"], 2, "no derivation 'nope'"),
+    (["derive", "nope", "--format", "json"], 2, "no derivation 'nope'"),
+    (["check", "nope", "--json"], 2, "unknown check 'nope'"),
+    (["schedule", "--kind", "sigmoid", "--json", "--no-plot"], 2, "unknown --kind 'sigmoid'"),
+    (["sample", "--checkpoint", "no/such/run", "--json"], 2, "no/such/run"),
+    (["evaluate", "--checkpoint", "no/such/run", "--json"], 2, "no/such/run"),
+    (["train", "--small", "--steps", "-3", "--json"], 2, "-3"),
+    (["audit", "--only", "nope", "--json"], 2, "unknown claim 'nope'"),
+])
+def test_with_json_a_failure_is_a_json_object_on_stdout(args, code, words):
+    """Scripts parse stdout: with --json a failure is {"error", "exit_code"} there, and still one
+    red line on stderr."""
+    r = runner.invoke(app, args)
+    assert r.exit_code == code, r.output
+    doc = json.loads(r.stdout)
+    assert set(doc) == {"error", "exit_code"} and doc["exit_code"] == code and words in doc["error"]
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+@pytest.mark.parametrize("target, args", [
+    ("ddpm_check.montecarlo.runner.run_check", ["check", "marginal"]),
+    ("ddpm_check.diagnostics.diagnose", ["schedule", "--no-plot"]),
+])
+def test_ctrl_c_in_any_command_is_one_line_and_130(monkeypatch, target, args, as_json):
+    """Ctrl-C during `check` or `schedule` exited 130 with no output at all."""
+    import importlib
+
+    module, name = target.rsplit(".", 1)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), name, interrupted)
+    r = runner.invoke(app, args + (["--json"] if as_json else []))
+    assert r.exit_code == 130, r.output
+    assert r.stderr == "error: interrupted\n"
+    assert (json.loads(r.stdout) == {"error": "interrupted", "exit_code": 130}) if as_json else r.stdout == ""
+
+
+def test_ctrl_c_while_sampling_is_one_line_and_130(monkeypatch, tiny_run):
+    import ddpm_check.sample as sample_mod
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample_mod, "sample_with_strip", interrupted)
+    r = runner.invoke(app, ["sample", "--checkpoint", str(tiny_run), "-n", "2", "--out", str(tiny_run.parent / "x")])
+    assert r.exit_code == 130 and r.stderr == "error: interrupted\n", r.output

@@ -38,8 +38,10 @@ def test_default_is_the_source_schedule(tmp_path, monkeypatch):
     assert "|x_0|=1" in out and "x_0~U" in out and "worst case" in out and "uniform on [-1, 1]" in out
     assert "144 (0.48)" in out  # alpha_bar_t first <= 1/2 at t = 144
     assert "0.02 (t=300)" in out
-    assert (tmp_path / "schedule.png").read_bytes()[:4] == b"\x89PNG"
-    assert "written to schedule.png" in out
+    # the picture goes under runs/, as train's do, not into the current folder unasked
+    assert (tmp_path / "runs" / "schedule.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "schedule.png").exists()
+    assert "written to runs/schedule.png" in out
 
 
 def test_single_schedule_options(tmp_path):
