@@ -662,10 +662,22 @@ class Trainer:
         ddp.barrier()
 
     def close(self) -> None:
-        """Leave the process group if this Trainer joined it (a no-op otherwise)."""
+        """Leave the process group if this Trainer joined it (a no-op otherwise).
+
+        DistributedDataParallel's reducer holds the process group: the wrapper is dropped and
+        collected first, so that the group (and gloo's threads) is destroyed here, while every
+        rank is past the final barrier and Python is whole, not later in the interpreter's
+        teardown, where a worker was seen to abort ("terminate called without an active
+        exception") or hang.  Training goes on single-process afterwards if asked to."""
+        import gc
+
         from ddpm_check import distributed as ddp
 
         if self._owns_group:
+            if self._net is not self.model:
+                self._net = self.model
+                self._eager_eps = self._eps = autocast_model(self.model, self.device, enabled=self._amp)
+                gc.collect()
             ddp.shutdown()
             self._owns_group = False
 
