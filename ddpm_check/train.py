@@ -265,19 +265,21 @@ def run_folder(out_dir: Path, continuing: Path | None = None, writer: bool = Tru
         while not made.parent.exists():
             made = made.parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    def remove_made() -> None:  # the folders made here, while no file of the run is in them
+        if made is not None and made.is_dir() and not any(f.is_file() for f in made.rglob("*")):
+            shutil.rmtree(made)
+
     try:
         fd = _lock(out_dir)
     except DDPMCheckError:
-        if made is not None and made.is_dir() and not any(made.rglob("*")):
-            shutil.rmtree(made)
+        remove_made()
         raise
     try:
         check_out_dir(out_dir, continuing)
         yield out_dir
     except Exception:
         (out_dir / LOCK_NAME).unlink(missing_ok=True)
-        if made is not None and made.is_dir() and not any(f.is_file() for f in made.rglob("*")):
-            shutil.rmtree(made)
+        remove_made()
         raise
     finally:
         (out_dir / LOCK_NAME).unlink(missing_ok=True)  # still locked: a run that opened it is refused
