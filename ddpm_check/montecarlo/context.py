@@ -34,13 +34,14 @@ class CheckDefect(AssertionError):
 class CheckContext:
     """What one run of one check needs and gathers.
 
-    ``share`` is the check's part of the family-wise false-failure level; :meth:`set_tests`
+    ``share`` is the check's part of the family-wise false-failure level (one of ``n_checks``
+    equal parts, ``stats.alpha_per_check``); :meth:`set_tests`
     divides it among the statistics the check is about to compute, and the runner verifies
     afterwards that the test rows spent no more (:meth:`verify_budget`).
     """
 
     def __init__(self, name: str, title: str, samples: int, root_seed: int,
-                 schedule: Schedule | None, variant: Variant | None, share: float,
+                 schedule: Schedule | None, variant: Variant | None, n_checks: int,
                  needs: tuple[str, ...] = (), progress: Callable[[str], Any] | None = None) -> None:
         self.name = name
         self.title = title
@@ -49,7 +50,8 @@ class CheckContext:
         self.seed = stats.seed_for(name, root_seed)
         self.user_schedule = schedule
         self.variant = variant
-        self.share = float(share)
+        self.n_checks = int(n_checks)
+        self.share = stats.alpha_per_check(self.n_checks)
         self.needs = tuple(needs)
         self.progress = progress
         self.rows: list[CheckRow] = []
@@ -99,7 +101,7 @@ class CheckContext:
     # ---- alpha allocation and power ---------------------------------------------------------
     def alpha_for(self, k: int) -> float:
         """Each test's level if the check ran ``k`` tests (Bonferroni within its share)."""
-        return stats.bonferroni(self.share, max(int(k), 1))
+        return stats.alpha_per_test(max(int(k), 1), self.n_checks)
 
     def set_tests(self, k: int) -> float:
         """Declare the number of statistical tests (the rows with alpha > 0; exact rows, which

@@ -117,7 +117,7 @@ def run_check(name: str, *, samples: int | None = None, seed: int = stats.DEFAUL
     var = None if variant is None else get_variant(name, variant)
     options = _check_options(entry, options)
     sched = _as_schedule(schedule)
-    ctx = CheckContext(name, entry.summary, int(samples), int(seed), sched, var, share=alpha_per_check(),
+    ctx = CheckContext(name, entry.summary, int(samples), int(seed), sched, var, n_checks=len(montecarlo.CHECKS),
                        needs=entry.needs, progress=progress)
     t0 = time.perf_counter()
     if entry.single_thread:
