@@ -162,3 +162,65 @@ def test_resume_after_ctrl_c_continues_the_same_run(interrupted_json, tmp_path):
     assert set(expected) == set(after)
     differ = [k for k in expected if not torch.equal(expected[k], after[k])]
     assert not differ, f"{len(differ)} tensors differ from an uninterrupted run, e.g. {differ[:4]}"
+
+
+# ---- Ctrl-C during a checkpoint write (in-process: the signal is sent from inside the write) ----
+def _tiny_trainer():
+    from ddpm_check.data import DataConfig
+    from ddpm_check.schedules import ScheduleConfig
+    from ddpm_check.train import TrainConfig, Trainer
+    from ddpm_check.unet import UNetConfig
+
+    return Trainer(UNetConfig(image_channels=1, down_channels=(8, 16), time_emb_dim=8), ScheduleConfig(T=20),
+                   DataConfig(), TrainConfig(steps=1000, batch_size=8, seed=4), device="cpu")
+
+
+def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_stops(tmp_path, monkeypatch):
+    # The terminal's Ctrl-C lands while the periodic checkpoint of step 4 is being written.  The
+    # write must complete (not leave a torn or missing file), and the run must stop right after
+    # it, at step 4, with a checkpoint equal to an uninterrupted run's state at step 4.
+    real_write = ckpt._atomic_write_bytes
+    writes = []
+
+    def write_hit_by_ctrl_c(path, data):
+        writes.append(path.name)
+        if len(writes) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered to the main thread, here, mid-write
+            time.sleep(0.01)  # Python runs the handler at the next bytecode boundary
+        real_write(path, data)
+
+    monkeypatch.setattr(ckpt, "_atomic_write_bytes", write_hit_by_ctrl_c)
+    path = tmp_path / "checkpoint.safetensors"
+    tr = _tiny_trainer()
+    with pytest.raises(KeyboardInterrupt):
+        tr.run(checkpoint_path=path, checkpoint_every=4)
+    assert tr.step == 4 and writes[:2] == ["checkpoint.safetensors", "config.json"]
+    got, meta = ckpt.load(path)
+    assert meta["step"] == 4
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
+    ref = _tiny_trainer()
+    ref.run(until=4)
+    expected = ref.state_tensors()
+    assert set(got) == set(expected)
+    assert not [k for k in expected if not torch.equal(expected[k], got[k])]
+
+
+def test_an_interrupt_inside_the_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    # Outside a training run nothing defers Ctrl-C: a KeyboardInterrupt can come through in the
+    # middle of a write.  The previous checkpoint must survive whole, with no temporary file left.
+    path = tmp_path / "checkpoint.safetensors"
+    tr = _tiny_trainer()
+    tr.run(until=2)
+    tr.save(path)
+    before = path.read_bytes()
+    tr.run(until=3)
+
+    def fsync_interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", fsync_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tr.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and ckpt.load(path)[1]["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors", "config.json"]
