@@ -10,6 +10,10 @@ Kinds (``DataConfig.kind``):
 
 - ``digits``  -- sklearn.datasets.load_digits: 1,797 8x8 grey images with values 0..16, scaled
   to [-1, 1] by x / 8 - 1; optionally upsampled (bilinear) to 16, 32, ... pixels.  The default.
+  Split once, stratified by class, into a **train split** of 1,201 images (what ``--data digits``
+  trains on) and a **held-out split** of 596 (a third of each class, never trained on: the
+  reference of the quality score in :mod:`ddpm_check.metrics`); see :func:`digits_split`.
+  ``--data digits-all`` (``split="all"``) trains on all 1,797, and then no score is computed.
 - ``folder``  -- PNG / JPEG / BMP / WebP files under a directory (recursively), read with Pillow,
   the shorter side resized to the model size and the centre cropped (as torchvision's
   Resize + CenterCrop), random horizontal flips at batch time (as the source's
@@ -30,6 +34,10 @@ import torch
 from ddpm_check.errors import DDPMCheckError
 
 KINDS = ("digits", "folder", "mixture")
+DIGITS_SPLITS = ("train", "all")
+#: the digits split: a third of each class held out, chosen by a permutation from this seed
+DIGITS_SPLIT_SEED = 0
+HELD_OUT_FRACTION = 1 / 3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -44,8 +52,11 @@ class DataConfig:
         path: the image folder (kind "folder" only).
         n: number of images drawn once for "mixture" (ignored otherwise).
         n_components, std, seed: the mixture's parameters (see ``image_mixture``).
-        flip: random horizontal flips at batch time (default: on for folders only; a flipped
-            digit is not a digit).
+        flip: random horizontal flips at batch time, for folders only (default on; a flipped
+            digit is not a digit, and a flipped mixture draw is not a draw of the mixture).
+        split: digits only: "train" (the train split, the default) or "all" (every digit, the
+            held-out split included).  A digits checkpoint written before the split existed has
+            no such key and reads as "all": it trained on every digit.
     """
 
     kind: str = "digits"
@@ -57,6 +68,7 @@ class DataConfig:
     std: float = 0.1
     seed: int = 0
     flip: bool | None = None
+    split: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -70,6 +82,16 @@ class DataConfig:
                 raise DDPMCheckError(
                     f"digits image size must be a multiple of 8 (8, 16, 32, ...), got {self.image_size}"
                 )
+            if self.split is None:
+                object.__setattr__(self, "split", "train")
+            if self.split not in DIGITS_SPLITS:
+                raise DDPMCheckError(f"unknown digits split {self.split!r}; allowed: {', '.join(DIGITS_SPLITS)}")
+        elif self.split is not None:
+            raise DDPMCheckError(f"a split belongs to the digits only, not to data kind {self.kind!r}")
+        if self.flip and self.kind != "folder":
+            raise DDPMCheckError(f"--flip (random left-right flips) is for a folder of images only, not for "
+                                 f"--data {'digits' if self.kind == 'digits' else self.kind} "
+                                 f"(a flipped digit is not a digit; a flipped mixture draw is not one of its draws)")
         if self.kind == "folder":
             if self.path is None:
                 raise DDPMCheckError("data kind 'folder' needs a path")
@@ -85,6 +107,13 @@ class DataConfig:
     def use_flip(self) -> bool:
         return self.kind == "folder" if self.flip is None else bool(self.flip)
 
+    @property
+    def label(self) -> str:
+        """How ``--data`` names this data: digits, digits-all, mixture or the folder."""
+        if self.kind == "digits":
+            return "digits-all" if self.split == "all" else "digits"
+        return self.path if self.kind == "folder" else self.kind
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -93,17 +122,22 @@ class DataConfig:
         if not isinstance(d, dict):
             raise DDPMCheckError(f"data config must be a JSON object, got {type(d).__name__}")
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if known.get("kind", "digits") == "digits" and "split" not in known:
+            known["split"] = "all"  # written before the split existed: it trained on every digit
         return cls(**known)
 
     @classmethod
     def parse(cls, spec: str, image_size: int, channels: int | None = None, **kw) -> "DataConfig":
-        """``spec`` is "digits", "mixture" or a folder path (as the CLI's ``--data``)."""
-        if spec in ("digits", "mixture"):
+        """``spec`` is "digits", "digits-all", "mixture" or a folder path (as the CLI's ``--data``)."""
+        if spec in ("digits", "digits-all"):
+            return cls(kind="digits", image_size=image_size, channels=channels or 1,
+                       split="all" if spec == "digits-all" else "train", **kw)
+        if spec == "mixture":
             return cls(kind=spec, image_size=image_size, channels=channels or 1, **kw)
         p = Path(spec).expanduser()
         if not p.exists():
             raise DDPMCheckError(
-                f"--data {spec!r}: not 'digits', 'mixture' or an existing folder of images"
+                f"--data {spec!r}: not 'digits', 'digits-all', 'mixture' or an existing folder of images"
             )
         if not p.is_dir():
             raise DDPMCheckError(f"--data {spec!r} is a file; give a folder of images")
@@ -160,9 +194,14 @@ def _digits_8x8() -> tuple[np.ndarray, np.ndarray]:
     return d.images.astype(np.float32), d.target.astype(np.int64)  # [1797, 8, 8] in 0..16, [1797]
 
 
-def digits_labels() -> np.ndarray:
-    """The class (0..9) of each digit, in the order of :func:`digits_images`."""
-    return _digits_8x8()[1].copy()
+def digits_labels(split: str = "all") -> np.ndarray:
+    """The class (0..9) of each digit, in the order of :func:`digits_images` with the same ``split``."""
+    labels = _digits_8x8()[1]
+    if split == "all":
+        return labels.copy()
+    if split not in ("train", "held-out"):
+        raise DDPMCheckError(f"unknown digits split {split!r}; allowed: all, train, held-out")
+    return labels[_digits_split()[0 if split == "train" else 1]].copy()
 
 
 def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -176,11 +215,45 @@ def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="area")
 
 
-def digits_images(image_size: int = 8) -> torch.Tensor:
-    """The 1,797 scikit-learn digits as float32 ``[1797, 1, S, S]`` in [-1, 1] (x / 8 - 1)."""
+@functools.cache
+def _digits_split() -> tuple[np.ndarray, np.ndarray]:
+    labels = _digits_8x8()[1]
+    rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+    held = []
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)
+        held.append(rng.permutation(idx)[: int(len(idx) * HELD_OUT_FRACTION)])
+    held_idx = np.sort(np.concatenate(held))
+    train_idx = np.setdiff1d(np.arange(len(labels)), held_idx)
+    return train_idx, held_idx
+
+
+def digits_split() -> tuple[np.ndarray, np.ndarray]:
+    """The fixed split of the 1,797 digits: (train indices, held-out indices), both sorted.
+
+    Stratified by class: from each class c, floor(n_c / 3) images chosen by a permutation from
+    ``DIGITS_SPLIT_SEED`` are held out (596 in all) and the rest form the train split (1,201, so
+    three disjoint subsets of the default 400 samples fit in it).
+    ``--data digits`` trains on the train split; the quality score compares samples with the
+    held-out split, so it never compares a model with images it trained on.
+    """
+    train_idx, held_idx = _digits_split()
+    return train_idx.copy(), held_idx.copy()
+
+
+def digits_images(image_size: int = 8, split: str = "all") -> torch.Tensor:
+    """The scikit-learn digits as float32 ``[N, 1, S, S]`` in [-1, 1] (x / 8 - 1).
+
+    ``split``: "all" (1,797 images, in sklearn's order), "train" (1,201) or "held-out" (596),
+    in the order of :func:`digits_split`'s indices."""
     if image_size < 1 or image_size % 8 != 0:
         raise DDPMCheckError(f"digits image size must be a multiple of 8, got {image_size}")
-    x = torch.from_numpy(_digits_8x8()[0] / 8.0 - 1.0)[:, None]  # [1797, 1, 8, 8]
+    if split not in ("all", "train", "held-out"):
+        raise DDPMCheckError(f"unknown digits split {split!r}; allowed: all, train, held-out")
+    x = _digits_8x8()[0]
+    if split != "all":
+        x = x[_digits_split()[0 if split == "train" else 1]]
+    x = torch.from_numpy(x / 8.0 - 1.0)[:, None]  # [N, 1, 8, 8]
     return resize_images(x, image_size).clamp(-1.0, 1.0).contiguous()
 
 
@@ -232,7 +305,7 @@ def folder_images(folder: str | Path, image_size: int, channels: int = 3) -> tup
 def load_data(config: DataConfig) -> ImageData:
     """Build the in-memory data set described by ``config``."""
     if config.kind == "digits":
-        return ImageData(digits_images(config.image_size), config)
+        return ImageData(digits_images(config.image_size, config.split), config)
     if config.kind == "folder":
         images, files = folder_images(config.path, config.image_size, config.channels)
         return ImageData(images, config, files=files)

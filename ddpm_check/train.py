@@ -138,7 +138,8 @@ MODEL_SIZES = ("small", "full")
 RUN_FILES = ("checkpoint.safetensors", "config.json", "samples.png", "reverse_process.png", "loss.png")
 
 
-def configs_from_options(*, small: bool = False, data: str | None = None, image_size: int | None = None,
+def configs_from_options(*, small: bool = False, data: str | None = None, flip: bool | None = None,
+                         image_size: int | None = None,
                          channels: int | None = None, model: str | None = None, channels_list: str | None = None,
                          timesteps: int | None = None, schedule: str | None = None, beta_start: float | None = None,
                          beta_end: float | None = None, loss: str | None = None, steps: int | None = None,
@@ -158,7 +159,7 @@ def configs_from_options(*, small: bool = False, data: str | None = None, image_
     ckpt.check_limits({"schedule": {"T": cfg["timesteps"]}, "data": {"image_size": cfg["image_size"]},
                        "train": {"batch_size": cfg["batch_size"]}}, "training configuration")
     sched_cfg = ScheduleConfig.from_options(cfg["schedule"], cfg["timesteps"], beta_start, beta_end)
-    data_cfg = DataConfig.parse(cfg["data"], image_size=cfg["image_size"], channels=channels, seed=seed)
+    data_cfg = DataConfig.parse(cfg["data"], image_size=cfg["image_size"], channels=channels, seed=seed, flip=flip)
     if channels_list is not None:
         model_cfg = UNetConfig(image_channels=data_cfg.channels, down_channels=UNetConfig.parse_channels(channels_list))
     elif cfg["model"] == "full":

@@ -231,7 +231,8 @@ def test_global_batch_draws_what_imagedata_draws(flip):
     # ImageData.batch does (indices, then flips): the sharding and resume rely on it.
     g = torch.Generator().manual_seed(5)
     images = torch.randint(0, 256, (30, 3, 8, 8), generator=g, dtype=torch.uint8)  # a folder's uint8 set
-    cfg = DataConfig(kind="mixture", channels=3, image_size=8, flip=flip)
+    cfg = DataConfig(kind="folder", path="a folder (not read: the images are given)", channels=3, image_size=8,
+                     flip=flip)
     data = ImageData(images, cfg)
     tr = Trainer(UNetConfig(3, (8, 16), 8), SCHED, cfg, TrainConfig(steps=1, batch_size=16), data=data,
                  distributed=False)

@@ -19,7 +19,7 @@ COMMANDS: Registry[Entry] = Registry("command", (
           "ddpm_check.commands.train"),
     Entry("sample", "Sample a trained model (Ho et al. Algorithm 2): a grid and the reverse-process strip.",
           "ddpm_check.commands.sample"),
-    Entry("evaluate", "Score generated digits: Frechet distance in a fixed classifier's features, beside real and noise.",
+    Entry("evaluate", "Score generated digits against held-out digits, beside real digits, Gaussian baselines and noise.",
           "ddpm_check.commands.evaluate"),
     Entry("check", "Verify the derived formulas by Monte Carlo against the torch DDPM; exit 1 if a check fails.",
           "ddpm_check.commands.check"),

@@ -21,18 +21,16 @@ def command(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ):
-    from ddpm_check.metrics import evaluate_digits
+    from ddpm_check.metrics import evaluate_digits, score_refusal
     from ddpm_check.sample import check_result_fits, load_sampler, sample
 
     check_seed(seed, "--seed")
     at_least("-n", n, 2, " for a Frechet distance")
     at_least("--batch-size", batch_size, 1)
     sampler = load_sampler(checkpoint, device=device)
-    if sampler.data_cfg.kind != "digits":
-        raise DDPMCheckError(
-            f"the quality metric is for models trained on the digits; {str(sampler.path)!r} was trained on "
-            f"{sampler.data_cfg.kind!r}"
-        )
+    refusal = score_refusal(sampler.data_cfg)
+    if refusal is not None:  # no number that compares the model with images it trained on
+        raise DDPMCheckError(f"{str(sampler.path)!r}: {refusal}")
     check_result_fits(n, sampler.shape)  # before the progress bar, which would leave a blank line
     con = console()
     if as_json:
@@ -54,26 +52,44 @@ def command(
 
 
 def render_score(con, score: dict) -> None:
-    """The digits score as a table: samples beside real digits (floor) and noise (ceiling)."""
+    """The digits score as a table: the samples between real held-in digits, two Gaussian baselines
+    and noise, each against the held-out split, with the spreads and verdicts beside them."""
     from rich.table import Table
 
-    from ddpm_check.metrics import HIDDEN as n_features  # below it every covariance is rank-deficient
+    from ddpm_check.metrics import BASELINES, ROW_LABELS, entropy_max_bits
 
-    tab = Table(title=f"digits quality, n = {score['n']} (Frechet distance, classifier features)",
-                title_justify="left")
-    tab.add_column("images")
-    tab.add_column("FD (lower is better)", justify="right")
-    tab.add_column("mean confidence", justify="right")
-    tab.add_row("samples", f"{score['fd_samples']:.3f}", f"{score['confidence']:.3f}")
-    tab.add_row("real digits (floor)", f"{score['fd_floor']:.3f}", f"{score['confidence_real']:.3f}")
-    tab.add_row("noise (ceiling)", f"{score['fd_ceiling']:.3f}", f"{score['confidence_noise']:.3f}")
+    def half(rng):
+        return "" if rng is None else f"±{(rng[1] - rng[0]) / 2:.3f}"
+
+    tab = Table(title=f"digits quality: n = {score['n']} images per row, each set against the "
+                      f"{score['held_out_size']} held-out digits (never trained on)", title_justify="left")
+    for col in ("images", "FD feat", "±", "FD pix", "±", "conf.", "bits"):
+        tab.add_column(col, justify="left" if col == "images" else "right", no_wrap=col == "images")
+    for key, r in score["rows"].items():
+        tab.add_row(ROW_LABELS[key], f"{r['fd']:.3f}", half(r["fd_range"]), f"{r['fd_pixels']:.3f}",
+                    half(r["fd_pixels_range"]), f"{r['confidence']:.3f}", f"{r['class_entropy_bits']:.2f}")
     con.print(tab)
+    con.print(f"FD feat / pix: Frechet distance in the classifier's features / in pixels, lower is better; train digits: {score['rows']['real']['draws']} disjoint "
+              f"subsets of the {score['train_size']:,} the model trained on, the baselines and noise: 3 draws each; "
+              f"±: half the range over them; conf.: the classifier's mean confidence; bits: entropy of the predicted digits (10 equal classes: "
+              f"{entropy_max_bits():.2f})", soft_wrap=True)
+    for b in BASELINES:
+        parts = []
+        for d, label in (("fd", "features"), ("fd_pixels", "pixels")):
+            v = score["versus"][b][d]
+            spread = "no spread" if v["spread"] is None else f"spread {v['spread']:.3f}"
+            parts.append(f"{label} {v['verdict']} by {abs(v['margin']):.3f} ({spread})"
+                         if v["verdict"] in ("better", "worse") else f"{label} {v['verdict']} "
+                         f"({v['margin']:+.3f}, {spread})")
+        con.print(f"samples vs {ROW_LABELS[b]}: " + "; ".join(parts), soft_wrap=True)
+    con.print(f"memorised: {score['memorised']:.1%} of samples are nearer a training digit than 90% of held-out "
+              f"digits are (held-out digits: {score['memorised_real']:.1%}; a copy of the training set: 100%)",
+              soft_wrap=True)
     if score["relative"] is None:
         con.print(f"relative: undefined, the noise ceiling is not above the real-digit floor at n = {score['n']}",
                   soft_wrap=True)
     else:
         con.print(f"relative = (FD - floor)/(ceiling - floor) = {score['relative']:.3f}  "
-                  f"(0: like real digits, 1: like noise)", soft_wrap=True)
-    if score["n"] < n_features:
-        con.print(f"[yellow]n = {score['n']} is below the {n_features} classifier features: every FD here is "
-                  f"rough (use -n 400, the default, or more)[/yellow]", soft_wrap=True)
+                  f"(0: like real digits, 1: like noise; features)", soft_wrap=True)
+    for note in score["notes"]:
+        con.print(f"[yellow]{esc(note)}[/yellow]", soft_wrap=True)

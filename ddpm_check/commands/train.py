@@ -20,7 +20,8 @@ from ddpm_check.errors import DDPMCheckError
 
 def command(
     small: Annotated[bool, typer.Option("--small", help="The quick CPU preset the README runs: digits 8x8, small SimpleUnet, T=300, 1000 steps (BENCHMARKS.md has its time).")] = False,
-    data: Annotated[Optional[str], typer.Option(help="Training data: 'digits' (scikit-learn, bundled), 'mixture' (Gaussian mixture with exact denoiser) or a folder of PNG/JPEG images.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Training data: 'digits' (the scikit-learn digits' train split, 1,201 images; the other 596 are held out for the score), 'digits-all' (all 1,797; no score then), 'mixture' (Gaussian mixture with exact denoiser) or a folder of PNG/JPEG images.")] = None,
+    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Random left-right flips of a folder's images (default on; not for digits or the mixture).", show_default=False)] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Image side in pixels; a multiple of 2**depth (digits: 8, 16, 32, ...). Preset: 8 (small), 64 (full).")] = None,
     channels: Annotated[Optional[int], typer.Option(help="Image channels: 1 (grey) or 3 (RGB); the digits are 1.")] = None,
     model: Annotated[Optional[str], typer.Option(help="SimpleUnet size: 'small' (32,64,128) or 'full' (the source's 64..1024, 62M params at 3 channels).")] = None,
@@ -73,7 +74,7 @@ def command(
                                  "(--out to write it elsewhere)")
         T.check_run_name(name)
     # with --resume the checkpoint's settings hold: options that would change them are reported
-    settings = {"--small": small or None, "--data": data, "--image-size": image_size, "--channels": channels,
+    settings = {"--small": small or None, "--data": data, "--flip/--no-flip": flip, "--image-size": image_size, "--channels": channels,
                 "--model": model, "--channels-list": channels_list, "-T": timesteps, "--schedule": schedule,
                 "--beta-start": beta_start, "--beta-end": beta_end, "--loss": loss, "--batch-size": batch_size,
                 "--lr": lr, "--ema-decay": ema_decay, "--seed": seed or None}
@@ -86,7 +87,7 @@ def command(
     else:
         ck_file = None
         configs = T.configs_from_options(
-            small=small, data=data, image_size=image_size, channels=channels, model=model,
+            small=small, data=data, flip=flip, image_size=image_size, channels=channels, model=model,
             channels_list=channels_list, timesteps=timesteps, schedule=schedule, beta_start=beta_start,
             beta_end=beta_end, loss=loss, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed)
         out_dir = Path(out) if out is not None else Path("runs") / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -162,12 +163,15 @@ def _train(trainer, out_dir: Path, con, *, t_start: float, resumed: bool, ignore
 
     sampler = sampler_from_modules(trainer.ema, trainer.schedule, trainer.data_cfg, trainer.device,
                                    trainer.step, trainer.loss_history)
-    is_digits = trainer.data_cfg.kind == "digits"
-    n_draw = max(n_samples, eval_n if is_digits else 0, 1)
+    from ddpm_check.metrics import score_refusal
+
+    refusal = score_refusal(trainer.data_cfg) if eval_n >= 2 else None
+    scored = eval_n >= 2 and refusal is None
+    n_draw = max(n_samples, eval_n if scored else 0, 1)
     x, grid, strip = sample_pictures(sampler, n_draw, max(n_samples, 1), min(4, n_draw), seed, out_dir, con, as_json)
     loss_png = save_loss_curve(trainer.loss_history, out_dir / "loss.png", label=f"{trainer.train_cfg.loss} loss on eps")
     score = None
-    if is_digits and eval_n >= 2 and not count_non_finite(x[:eval_n]):  # NaN samples: said above, not scored
+    if scored and not count_non_finite(x[:eval_n]):  # NaN samples: said above, not scored
         from ddpm_check.metrics import evaluate_digits
 
         score = evaluate_digits(x[:eval_n], seed=seed).to_dict()
@@ -189,6 +193,7 @@ def _train(trainer, out_dir: Path, con, *, t_start: float, resumed: bool, ignore
         "images_per_second": None if last_ips[0] != last_ips[0] else round(last_ips[0], 1),
         "total_seconds": round(time.perf_counter() - t_start, 2),
         "metric": score,
+        "metric_skipped": refusal,
         "non_finite_samples": count_non_finite(x),
         "ignored_options": ignored,
     }
@@ -198,8 +203,8 @@ def _train(trainer, out_dir: Path, con, *, t_start: float, resumed: bool, ignore
               f"({summary['images_per_second'] or 0:,.0f} img/s); final loss {summary['final_loss'] or float('nan'):.4f}")
     if score is not None:
         render_score(con, score)
-    elif not is_digits:
-        con.print("(the quality metric is defined for the digits only)")
+    elif refusal is not None:
+        con.print(f"({esc(refusal)})", soft_wrap=True)
     elif eval_n >= 2:
         con.print("(the quality metric was not computed: the samples are not finite)")
     con.print(f"wrote to {esc(out_dir)}/:", soft_wrap=True)

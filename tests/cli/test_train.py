@@ -21,7 +21,9 @@ def test_train_small_writes_all_files(trained):
     assert summary["step"] == 5 and summary["samples_png"] == str(out / "samples.png")
     m = summary["metric"]
     assert m["n"] == 16 and m["fd_floor"] < m["fd_ceiling"]
-    assert 0.0 <= m["confidence"] <= 1.0
+    assert 0.0 <= m["rows"]["samples"]["confidence"] <= 1.0 and m["reference"] == "held-out split"
+    assert set(m["rows"]) == {"samples", "real", "gaussian", "class_gaussians", "noise"}
+    assert summary["metric_skipped"] is None
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["schedule"]["T"] == 20 and cfg["data"]["kind"] == "digits" and cfg["train"]["loss"] == "l2"
 
@@ -30,7 +32,7 @@ def test_train_human_output_names_files_and_metric(tmp_path):
     r = runner.invoke(app, ["train", *QUICK, "--steps", "2", "--out", str(tmp_path / "h")])
     assert r.exit_code == 0, r.output
     assert "samples.png" in r.output and "reverse_process.png" in r.output and "loss.png" in r.output
-    assert "noise (ceiling)" in r.output and "real digits (floor)" in r.output
+    assert "noise (ceiling)" in r.output and "train digits (floor)" in r.output
     assert "929,409 params" in r.output  # the small SimpleUnet
 
 
