@@ -61,8 +61,9 @@ def render_score(con, score: dict) -> None:
     def half(rng):
         return "" if rng is None else f"±{(rng[1] - rng[0]) / 2:.3f}"
 
-    tab = Table(title=f"digits quality: n = {score['n']} images per row, each set against the "
-                      f"{score['held_out_size']} held-out digits (never trained on)", title_justify="left")
+    con.print(f"digits quality: n = {score['n']} images per row, each set against the "
+              f"{score['held_out_size']} held-out digits (never trained on)", soft_wrap=True)
+    tab = Table()
     for col in ("images", "FD feat", "±", "FD pix", "±", "conf.", "bits"):
         tab.add_column(col, justify="left" if col == "images" else "right", no_wrap=col == "images")
     for key, r in score["rows"].items():
