@@ -218,3 +218,18 @@ def test_cli_table_says_what_each_number_is():
     con = Console(width=200, record=True)
     render_score(con, d)
     assert "every FD here is rough" in con.export_text()
+
+
+def test_cli_gives_no_verdict_without_a_spread():
+    from rich.console import Console
+
+    from ddpm_check.commands.evaluate import render_score
+    from ddpm_check.metrics import RowScore
+
+    one = RowScore(fd=0.14, fd_pixels=0.14, confidence=0.9, entropy=3.3, memorised=None, draws=1, n=400)
+    con = Console(width=200, record=True)
+    render_score(con, _score(real=one).to_dict())
+    out = con.export_text()
+    assert "train digits: 1 subset of the 1,201" in out
+    assert "samples vs 10 class Gaussians: features +0.100 (no verdict: one real subset, no spread)" in out
+    assert "better" not in out and "worse" not in out

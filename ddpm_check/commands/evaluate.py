@@ -51,6 +51,10 @@ def command(
     return None
 
 
+def _subsets(k: int) -> str:
+    return "1 subset" if k == 1 else f"{k} disjoint subsets"
+
+
 def render_score(con, score: dict) -> None:
     """The digits score as a table: the samples between real held-in digits, two Gaussian baselines
     and noise, each against the held-out split, with the spreads and verdicts beside them."""
@@ -70,8 +74,8 @@ def render_score(con, score: dict) -> None:
         tab.add_row(ROW_LABELS[key], f"{r['fd']:.3f}", half(r["fd_range"]), f"{r['fd_pixels']:.3f}",
                     half(r["fd_pixels_range"]), f"{r['confidence']:.3f}", f"{r['class_entropy_bits']:.2f}")
     con.print(tab)
-    con.print(f"FD feat / pix: Frechet distance in the classifier's features / in pixels, lower is better; train digits: {score['rows']['real']['draws']} disjoint "
-              f"subsets of the {score['train_size']:,} the model trained on, the baselines and noise: 3 draws each; "
+    con.print(f"FD feat / pix: Frechet distance in the classifier's features / in pixels, lower is better; train digits: "
+              f"{_subsets(score['rows']['real']['draws'])} of the {score['train_size']:,} the model trained on, the baselines and noise: 3 draws each; "
               f"±: half the range over them; conf.: the classifier's mean confidence; bits: entropy of the predicted digits (10 equal classes: "
               f"{entropy_max_bits():.2f})", soft_wrap=True)
     for b in BASELINES:
@@ -79,9 +83,12 @@ def render_score(con, score: dict) -> None:
         for d, label in (("fd", "features"), ("fd_pixels", "pixels")):
             v = score["versus"][b][d]
             spread = "no spread" if v["spread"] is None else f"spread {v['spread']:.3f}"
-            parts.append(f"{label} {v['verdict']} by {abs(v['margin']):.3f} ({spread})"
-                         if v["verdict"] in ("better", "worse") else f"{label} {v['verdict']} "
-                         f"({v['margin']:+.3f}, {spread})")
+            if v["verdict"] in ("better", "worse"):
+                parts.append(f"{label} {v['verdict']} by {abs(v['margin']):.3f} ({spread})")
+            elif v["spread"] is None:
+                parts.append(f"{label} {v['margin']:+.3f} (no verdict: one real subset, no spread)")
+            else:
+                parts.append(f"{label} {v['verdict']} ({v['margin']:+.3f}, {spread})")
         con.print(f"samples vs {ROW_LABELS[b]}: " + "; ".join(parts), soft_wrap=True)
     con.print(f"memorised: {score['memorised']:.1%} of samples are nearer a training digit than 90% of held-out "
               f"digits are (held-out digits: {score['memorised_real']:.1%}; a copy of the training set: 100%)",
