@@ -232,4 +232,4 @@ def test_cli_gives_no_verdict_without_a_spread():
     out = con.export_text()
     assert "train digits: 1 subset of the 1,201" in out
     assert "samples vs 10 class Gaussians: features +0.100 (no verdict: one real subset, no spread)" in out
-    assert "better" not in out and "worse" not in out
+    assert "better by" not in out and "worse by" not in out and "within the spread" not in out
