@@ -37,7 +37,7 @@ KINDS = ("digits", "folder", "mixture")
 DIGITS_SPLITS = ("train", "all")
 #: the digits split: a third of each class held out, chosen by a permutation from this seed
 DIGITS_SPLIT_SEED = 0
-HELD_OUT_FRACTION = 1 / 3
+HELD_OUT_DIVISOR = 3  # floor(n_c / 3) of each class c is held out
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -90,7 +90,7 @@ class DataConfig:
             raise DDPMCheckError(f"a split belongs to the digits only, not to data kind {self.kind!r}")
         if self.flip and self.kind != "folder":
             raise DDPMCheckError(f"--flip (random left-right flips) is for a folder of images only, not for "
-                                 f"--data {'digits' if self.kind == 'digits' else self.kind} "
+                                 f"--data {self.kind} "
                                  f"(a flipped digit is not a digit; a flipped mixture draw is not one of its draws)")
         if self.kind == "folder":
             if self.path is None:
@@ -197,11 +197,8 @@ def _digits_8x8() -> tuple[np.ndarray, np.ndarray]:
 def digits_labels(split: str = "all") -> np.ndarray:
     """The class (0..9) of each digit, in the order of :func:`digits_images` with the same ``split``."""
     labels = _digits_8x8()[1]
-    if split == "all":
-        return labels.copy()
-    if split not in ("train", "held-out"):
-        raise DDPMCheckError(f"unknown digits split {split!r}; allowed: all, train, held-out")
-    return labels[_digits_split()[0 if split == "train" else 1]].copy()
+    idx = _split_indices(split)
+    return labels.copy() if idx is None else labels[idx]
 
 
 def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -222,7 +219,7 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray]:
     held = []
     for c in range(10):
         idx = np.flatnonzero(labels == c)
-        held.append(rng.permutation(idx)[: int(len(idx) * HELD_OUT_FRACTION)])
+        held.append(rng.permutation(idx)[: len(idx) // HELD_OUT_DIVISOR])
     held_idx = np.sort(np.concatenate(held))
     train_idx = np.setdiff1d(np.arange(len(labels)), held_idx)
     return train_idx, held_idx
@@ -241,6 +238,15 @@ def digits_split() -> tuple[np.ndarray, np.ndarray]:
     return train_idx.copy(), held_idx.copy()
 
 
+def _split_indices(split: str) -> np.ndarray | None:
+    """The indices of ``split`` ("train" or "held-out"), None for "all"; any other name refused."""
+    if split == "all":
+        return None
+    if split not in ("train", "held-out"):
+        raise DDPMCheckError(f"unknown digits split {split!r}; allowed: all, train, held-out")
+    return _digits_split()[0 if split == "train" else 1]
+
+
 def digits_images(image_size: int = 8, split: str = "all") -> torch.Tensor:
     """The scikit-learn digits as float32 ``[N, 1, S, S]`` in [-1, 1] (x / 8 - 1).
 
@@ -248,11 +254,8 @@ def digits_images(image_size: int = 8, split: str = "all") -> torch.Tensor:
     in the order of :func:`digits_split`'s indices."""
     if image_size < 1 or image_size % 8 != 0:
         raise DDPMCheckError(f"digits image size must be a multiple of 8, got {image_size}")
-    if split not in ("all", "train", "held-out"):
-        raise DDPMCheckError(f"unknown digits split {split!r}; allowed: all, train, held-out")
-    x = _digits_8x8()[0]
-    if split != "all":
-        x = x[_digits_split()[0 if split == "train" else 1]]
+    idx = _split_indices(split)
+    x = _digits_8x8()[0] if idx is None else _digits_8x8()[0][idx]
     x = torch.from_numpy(x / 8.0 - 1.0)[:, None]  # [N, 1, 8, 8]
     return resize_images(x, image_size).clamp(-1.0, 1.0).contiguous()
 

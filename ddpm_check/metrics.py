@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ddpm_check.data import digits_images, digits_labels, digits_split, resize_images
+from ddpm_check.data import digits_images, digits_labels, resize_images
 from ddpm_check.errors import DDPMCheckError
 
 HIDDEN = 64
@@ -68,7 +68,6 @@ N_DRAWS = 3
 TAU_QUANTILE = 0.10
 #: the fixed permutation of the train split that the real subsets are cut from
 REAL_SUBSET_SEED = 1
-ROWS = ("samples", "real", "gaussian", "class_gaussians", "noise")
 ROW_LABELS = {"samples": "samples", "real": "train digits (floor)", "gaussian": "one Gaussian",
               "class_gaussians": "10 class Gaussians", "noise": "noise (ceiling)"}
 #: the baselines a model is compared with, and the two distances it is compared on
@@ -91,10 +90,6 @@ class DigitClassifier:
     def proba(self, x01: np.ndarray) -> np.ndarray:
         """p(k | x) for the ten classes: [N, 10]."""
         return self.clf.predict_proba(x01)
-
-    def confidence(self, x01: np.ndarray) -> float:
-        """Mean over images of max_k p(k | x)."""
-        return float(self.proba(x01).max(axis=1).mean())
 
 
 @functools.cache
@@ -137,6 +132,12 @@ def to_classifier_input(images) -> np.ndarray:
     return ((x8.reshape(len(x8), 64).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
 
 
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a covariance matrix (eigenvalues below 0 from round-off are 0)."""
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
 def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
     """Frechet (2-Wasserstein) distance between Gaussians fitted to two feature sets [N_i, D].
 
@@ -148,8 +149,7 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
         raise DDPMCheckError(f"feature sets need shapes [N>=2, D] alike, got {f1.shape} and {f2.shape}")
     mu1, mu2 = f1.mean(0), f2.mean(0)
     s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-    w, v = np.linalg.eigh(s1)
-    r1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # S1^{1/2}
+    r1 = _psd_sqrt(s1)
     m = r1 @ s2 @ r1
     cross = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
     fd = float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2.0 * cross)
@@ -178,8 +178,7 @@ class _Gaussian:
 
     @classmethod
     def fit(cls, x: np.ndarray) -> "_Gaussian":
-        w, v = np.linalg.eigh(np.cov(x, rowvar=False))
-        return cls(x.mean(0), (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T)  # some pixels never vary
+        return cls(x.mean(0), _psd_sqrt(np.cov(x, rowvar=False)))  # some pixels never vary: rank-deficient
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return self.mean + rng.standard_normal((n, len(self.mean))) @ self.root
@@ -280,7 +279,7 @@ def _row(sets: list[np.ndarray], ref: DigitsReference, memorised: bool = True) -
 
 @dataclass(frozen=True)
 class DigitsScore:
-    """The digits score of n samples: one :class:`RowScore` per name in ``ROWS``."""
+    """The digits score of n samples: one :class:`RowScore` per row of ``ROW_LABELS``."""
 
     n: int
     image_size: int
