@@ -48,6 +48,17 @@ DERIVATIONS: Registry[DerivationEntry] = Registry("derivation", (
                     "(eq. 11, Alg. 2)", "derivations.mean_eps", needs=("posterior",)),
     DerivationEntry("elbo", "the variational bound: Gaussian KL, ε-weights, L_simple, the SNR form "
                     "(eqs. 5, 12, 14)", "derivations.elbo", needs=("posterior", "mean-eps")),
+    DerivationEntry("ddim", "DDIM's family q_σ keeps DDPM's marginals for every σ; η = 1 is DDPM, η = 0 "
+                    "deterministic; step skipping (Song et al. eqs. 7, 12, 16)", "derivations.ddim",
+                    needs=("posterior", "mean-eps")),
+    DerivationEntry("score", "Tweedie's formula 𝔼[x_0 | x_t] = (x_t + (1 - ᾱ_t) ∇log q(x_t))/√ᾱ_t, "
+                    "score = -𝔼[ε | x_t]/√(1 - ᾱ_t)", "derivations.score", needs=("marginal",)),
+    DerivationEntry("parametrizations", "x_0-, ε- and v-prediction: conversions, loss weights 1/SNR, "
+                    "1 + SNR (Salimans & Ho 2022)", "derivations.parametrizations",
+                    needs=("mean-eps", "elbo")),
+    DerivationEntry("zero-snr", "zero terminal SNR: rescaled √ᾱ_t, β_T = 1, x_0 = -v at t = T "
+                    "(Lin et al. 2024, Alg. 1)", "derivations.zero_snr",
+                    needs=("marginal", "parametrizations")),
 ))
 NAMES: tuple[str, ...] = DERIVATIONS.names
 
@@ -69,6 +80,11 @@ NUMERIC_ARGS: tuple[str, ...] = (
     "mu_2",
     "sigma_1",
     "sigma_2",
+    "v",
+    "score_t",
+    "m_0",
+    "s_0",
+    "eta",
 )
 
 

@@ -44,6 +44,7 @@ _GREEK = {
     "mu": ("μ", r"\mu"),
     "eps": ("ε", r"\epsilon"),
     "theta": ("θ", r"\theta"),
+    "eta": ("η", r"\eta"),
     "snr": ("SNR", r"\mathrm{SNR}"),
 }
 _ACCENTS = {"bar": ("\u0304", r"\bar"), "tilde": ("\u0303", r"\tilde"), "hat": ("\u0302", r"\hat")}

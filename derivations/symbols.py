@@ -10,8 +10,8 @@ standard normal random variables: where a step takes an expectation (``Expect``)
 (``Var``) or compares laws (``=ᵈ``), the verifier averages over them and treats every other symbol
 as fixed (conditioned on).
 
-The undefined functions ``q``, ``p``, ``p_theta``, ``N``, ``Expect``, ``Var``, ``KL``, ``SNR`` and
-``SqNorm`` are display forms:
+The undefined functions ``q``, ``p``, ``p_theta``, ``N``, ``Expect``, ``Var``, ``KL``, ``SNR``,
+``SqNorm`` and ``rescale`` are display forms:
 ``q(x_t, x_tm1)`` is the density q(x_t | x_{t-1}) (first argument | the rest), ``N(x, m, v)`` the
 Gaussian density 𝒩(x; m, v) with variance v, ``Expect(y, c...)`` is 𝔼[y | c...].  The verifier
 unfolds them (``derivations.step``); ``derivations.render`` prints them as the math they stand
@@ -36,6 +36,13 @@ beta_tilde_1 = sp.Symbol("beta_tilde_1", positive=True)
 sigma_1, sigma_2 = sp.symbols("sigma_1 sigma_2", positive=True)
 # signal-to-noise ratios SNR(t) = alpha_bar_t / (1 - alpha_bar_t) as plain symbols
 snr_t, snr_tm1 = sp.symbols("snr_t snr_tm1", positive=True)
+# DDIM (Song et al. 2021): eta scales the step's noise (eta = 0 deterministic, eta = 1 DDPM)
+eta = sp.Symbol("eta", positive=True)
+# the last step's alpha_bar (zero terminal SNR, Lin et al. 2024) and the rescaled alpha_bar
+alpha_bar_T = sp.Symbol("alpha_bar_T", positive=True)
+# Gaussian data x_0 ~ N(m_0, s_0^2) (Tweedie's formula): its mean and standard deviation
+m_0 = sp.Symbol("m_0", real=True)
+s_0 = sp.Symbol("s_0", positive=True)
 
 # --- values of random variables and other reals ---------------------------------------------
 x_t, x_tm1, x_tm2, x_0, x_1 = sp.symbols("x_t x_tm1 x_tm2 x_0 x_1", real=True)
@@ -45,6 +52,9 @@ z, z_1, z_2, z_3, z_4, z_5 = sp.symbols("z z_1:6", real=True)
 s, u = sp.symbols("s u", real=True)  # arguments of characteristic functions
 mu_1, mu_2, mu_theta, mu_tilde_t = sp.symbols("mu_1 mu_2 mu_theta mu_tilde_t", real=True)
 x_hat_0 = sp.Symbol("x_hat_0", real=True)  # the model's prediction of x_0
+# v-prediction (Salimans & Ho 2022): v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0, and the
+# model's prediction of it; score_t is the score, the gradient of log q(x_t) in x_t
+v, v_theta, score_t = sp.symbols("v v_theta score_t", real=True)
 # the variational bound: x_{1:T}, x_{0:T} (names "x_1T", "x_0T"), x_T; the constant C_t of a
 # KL term; the dimension d of x; the simplified loss
 x_T, x_1T, x_0T = sp.symbols("x_T x_1T x_0T", real=True)
@@ -67,6 +77,8 @@ SNR = sp.Function("SNR")  # SNR(t) = alpha_bar_t / (1 - alpha_bar_t)
 p = sp.Function("p")  # p(x_T): the prior N(0, I) of the reverse process
 p_theta = sp.Function("p_theta")  # p_theta(a, b) is the model density p_θ(a | b)
 SqNorm = sp.Function("SqNorm")  # SqNorm(v) is ||v||², summed over the coordinates of x
+# rescale(√ᾱ_t) is the rescaled √ᾱ'_t of zero terminal SNR (Lin et al. 2024, Algorithm 1)
+rescale = sp.Function("rescale")
 t = sp.Symbol("t", integer=True, positive=True)
 
 #: every symbol and function above, by name

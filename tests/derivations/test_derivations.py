@@ -102,6 +102,54 @@ EXPECTED = {
         "snr": ab / (1 - ab),
         "kl_const": sp.log(S.sigma_t / sqrt(bt)) + bt / (2 * S.sigma_t**2) - sp.Rational(1, 2),
     },
+    # Tweedie (Efron 2011): E[μ | y] = y + σ² d/dy log q(y) for y = μ + σ noise, here μ = √ᾱ_t x_0,
+    # σ² = 1 - ᾱ_t; Gaussian data x_0 ~ N(m_0, s_0²) by the regression form of Gaussian conditioning,
+    # E[a | b] = E[a] + Cov(a, b)/Var(b) (b - E[b]), Var[a | b] = Var(a) - Cov(a, b)²/Var(b)
+    "score": {
+        "tweedie_mean": (S.x_t + (1 - ab) * S.score_t) / sqrt(ab),
+        "score_from_eps": -S.eps_theta / sqrt(1 - ab),
+        "eps_from_score": -sqrt(1 - ab) * S.score_t,
+        "gaussian_marginal_variance": ab * S.s_0**2 + (1 - ab),
+        "gaussian_score": (sqrt(ab) * S.m_0 - S.x_t) / (ab * S.s_0**2 + (1 - ab)),
+        "gaussian_posterior_mean": S.m_0
+        + sqrt(ab) * S.s_0**2 / (ab * S.s_0**2 + (1 - ab)) * (S.x_t - sqrt(ab) * S.m_0),
+        "gaussian_posterior_variance": S.s_0**2 - ab * S.s_0**4 / (ab * S.s_0**2 + (1 - ab)),
+        "gaussian_eps_mean": sqrt(1 - ab) / (ab * S.s_0**2 + (1 - ab)) * (S.x_t - sqrt(ab) * S.m_0),
+    },
+    # Salimans & Ho 2022 with α_t = √ᾱ_t, σ_t = √(1-ᾱ_t): v = α ε - σ x, x = α z - σ v, ε = σ z + α v;
+    # the weights as the issue states them in SNR = ᾱ_t/(1-ᾱ_t)
+    "parametrizations": {
+        "x_0_from_eps": (S.x_t - sqrt(1 - ab) * S.eps) / sqrt(ab),
+        "eps_from_x_0": (S.x_t - sqrt(ab) * S.x_0) / sqrt(1 - ab),
+        "v_from_eps_x_0": sqrt(ab) * S.eps - sqrt(1 - ab) * S.x_0,
+        "x_0_from_v": sqrt(ab) * S.x_t - sqrt(1 - ab) * S.v,
+        "eps_from_v": sqrt(1 - ab) * S.x_t + sqrt(ab) * S.v,
+        "v_from_eps": (S.eps - sqrt(1 - ab) * S.x_t) / sqrt(ab),
+        "v_from_x_0": (sqrt(ab) * S.x_t - S.x_0) / sqrt(1 - ab),
+        "x0_loss_weight": 1 / (ab / (1 - ab)),
+        "v_loss_weight_x0": 1 + ab / (1 - ab),
+        "v_loss_weight_eps": (1 + ab / (1 - ab)) / (ab / (1 - ab)),
+        "snr": ab / (1 - ab),
+    },
+    # Lin et al. 2024, Algorithm 1: alphas_bar_sqrt -= last; alphas_bar_sqrt *= first / (first - last);
+    # alphas_bar = alphas_bar_sqrt ** 2; alphas = alphas_bar[t] / alphas_bar[t - 1]; betas = 1 - alphas
+    "ddim": {
+        # Song et al. 2021 eq. 7 (mean), eq. 12 (eps form), eq. 16 (sigma)
+        "ddim_mean": sqrt(abm1) * S.x_0 + sqrt(1 - abm1 - S.sigma_t**2) * (S.x_t - sqrt(ab) * S.x_0) / sqrt(1 - ab),
+        "ddim_mean_eps": sqrt(abm1) * (S.x_t - sqrt(1 - ab) * S.eps) / sqrt(ab) + sqrt(1 - abm1 - S.sigma_t**2) * S.eps,
+        "sigma_eta": S.eta * sqrt((1 - abm1) / (1 - ab)) * sqrt(1 - ab / abm1),
+        "sigma_eta_squared_at_1": (1 - abm1) / (1 - ab) * b,  # beta_tilde_t
+    },
+    "zero-snr": {
+        "sqrt_alpha_bar_rescaled": (sqrt(ab) - sqrt(S.alpha_bar_T)) * sqrt(S.alpha_bar_1)
+        / (sqrt(S.alpha_bar_1) - sqrt(S.alpha_bar_T)),
+        "alpha_bar_rescaled": ((sqrt(ab) - sqrt(S.alpha_bar_T)) * sqrt(S.alpha_bar_1)
+                               / (sqrt(S.alpha_bar_1) - sqrt(S.alpha_bar_T))) ** 2,
+        "beta_rescaled": 1 - ab / abm1,
+        "beta_rescaled_from_original": 1 - ((sqrt(ab) - sqrt(S.alpha_bar_T))
+                                            / (sqrt(abm1) - sqrt(S.alpha_bar_T))) ** 2,
+        "x_0_from_v_at_T": -S.v,
+    },
 }
 
 
@@ -135,10 +183,24 @@ def _schedule(rng, T):
     return dict(alpha_t=alphas, beta_t=betas, alpha_bar_t=cum, alpha_bar_tm1=prev)
 
 
-def _numpy_expected(kw, x_t, x_0, eps, sigma):
+def _more_arrays(rng, kw, x_0, eps):
+    """Further keyword arrays: a prediction ε_θ, a score, v = √ᾱ_t ε - √(1-ᾱ_t) x_0, Gaussian data."""
+    T = x_0.shape[0]
+    cum = kw["alpha_bar_t"]
+    return dict(eps_theta=rng.normal(size=T), score_t=rng.normal(size=T) * 2,
+                v=np.sqrt(cum) * eps - np.sqrt(1 - cum) * x_0,
+                m_0=rng.normal(size=T), s_0=rng.uniform(0.2, 3.0, size=T))
+
+
+def _numpy_expected(kw, x_t, x_0, eps, sigma, more=None):
     al, be, cum, prev = kw["alpha_t"], kw["beta_t"], kw["alpha_bar_t"], kw["alpha_bar_tm1"]
     c1 = np.sqrt(prev) * be / (1 - cum)  # multiplies x_0
     c2 = np.sqrt(al) * (1 - prev) / (1 - cum)  # multiplies x_t
+    names = ("eps_theta", "score_t", "v", "m_0", "s_0")
+    more = more if more is not None else dict.fromkeys(names, np.ones_like(x_t))
+    eps_theta, score, v, m_0, s_0 = (more[k] for k in names)
+    alpha, sigma_ = np.sqrt(cum), np.sqrt(1 - cum)  # Salimans & Ho's α_t and σ_t
+    var_t = s_0**2 * cum + (1 - cum)  # Var(x_t) for x_0 ~ N(m_0, s_0²)
     return {
         ("marginal", "x_t_mean_coef"): np.sqrt(cum),
         ("marginal", "x_t_variance"): 1 - cum,
@@ -152,7 +214,51 @@ def _numpy_expected(kw, x_t, x_0, eps, sigma):
         ("mean-eps", "posterior_variance"): be * (1 - prev) / (1 - cum),
         ("elbo", "eps_weight"): be**2 / (2 * sigma**2 * al * (1 - cum)),
         ("elbo", "snr"): cum / (1 - cum),
+        ("score", "tweedie_mean"): (x_t + (1 - cum) * score) / alpha,
+        ("score", "score_from_eps"): -eps_theta / sigma_,
+        ("score", "eps_from_score"): -sigma_ * score,
+        ("score", "gaussian_marginal_variance"): var_t,
+        ("score", "gaussian_score"): -(x_t - alpha * m_0) / var_t,
+        ("score", "gaussian_posterior_variance"): 1 / (1 / s_0**2 + cum / (1 - cum)),  # precisions add
+        # Gaussian conditioning: E[a | b] = E[a] + Cov(a, b)/Var(b) (b - E[b]), Cov(x_0, x_t) = √ᾱ_t s_0²,
+        # Cov(ε, x_t) = √(1-ᾱ_t)
+        ("score", "gaussian_posterior_mean"): m_0 + alpha * s_0**2 / var_t * (x_t - alpha * m_0),
+        ("score", "gaussian_eps_mean"): sigma_ / var_t * (x_t - alpha * m_0),
+        ("parametrizations", "x_0_from_eps"): (x_t - sigma_ * eps) / alpha,
+        ("parametrizations", "eps_from_x_0"): (x_t - alpha * x_0) / sigma_,
+        ("parametrizations", "v_from_eps_x_0"): alpha * eps - sigma_ * x_0,
+        ("parametrizations", "x_0_from_v"): alpha * x_t - sigma_ * v,
+        ("parametrizations", "eps_from_v"): sigma_ * x_t + alpha * v,
+        ("parametrizations", "v_from_eps"): (eps - sigma_ * x_t) / alpha,
+        ("parametrizations", "v_from_x_0"): (alpha * x_t - x_0) / sigma_,
+        ("parametrizations", "x0_loss_weight"): (1 - cum) / cum,
+        ("parametrizations", "v_loss_weight_x0"): 1 / (1 - cum),
+        ("parametrizations", "v_loss_weight_eps"): 1 / cum,
+        ("parametrizations", "snr"): cum / (1 - cum),
+        ("ddim", "sigma_eta_squared_at_1"): be * (1 - prev) / (1 - cum),  # eta = 1: beta_tilde_t
+        ("zero-snr", "beta_rescaled"): 1 - cum / prev,  # any schedule's β from its cumulative products
+        ("zero-snr", "x_0_from_v_at_T"): -v,
     }
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_results_match_numpy(eta):
+    """DDIM's step on a subsequence (every 7th step of 300) with sigma(eta), against numpy."""
+    rng = np.random.default_rng(11)
+    cum = np.cumprod(1 - np.linspace(1e-4, 0.02, 300))
+    visits = np.arange(299, -1, -7)
+    ab = cum[visits]
+    prev = np.concatenate([cum[visits[1:]], [1.0]])
+    x_0, eps = rng.normal(size=len(visits)), rng.normal(size=len(visits))
+    x_t = np.sqrt(ab) * x_0 + np.sqrt(1 - ab) * eps
+    sigma = eta * np.sqrt((1 - prev) / (1 - ab) * (1 - ab / prev))
+    kw = dict(alpha_bar_t=ab, alpha_bar_tm1=prev, x_t=x_t, x_0=x_0, eps=eps, eta=eta)
+    np.testing.assert_allclose(derivations.numeric("ddim", "sigma_eta")(**kw), sigma, rtol=1e-12, atol=1e-300)
+    direction = np.sqrt(1 - prev - sigma**2)
+    want = np.sqrt(prev) * x_0 + direction * eps  # (x_t - sqrt(ab) x_0)/sqrt(1 - ab) = eps
+    np.testing.assert_allclose(derivations.numeric("ddim", "ddim_mean")(sigma_t=sigma, **kw), want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(derivations.numeric("ddim", "ddim_mean_eps")(sigma_t=sigma, **kw), want, rtol=1e-9, atol=1e-11)
+    assert sigma[-1] == 0.0  # after the last visit alpha_bar_prev = 1: no noise
 
 
 @pytest.mark.parametrize("name", derivations.NAMES)
@@ -170,8 +276,9 @@ def test_lambdified_results_match_numpy(seed, T):
     x_0, eps = rng.normal(size=T), rng.normal(size=T)
     x_t = np.sqrt(kw["alpha_bar_t"]) * x_0 + np.sqrt(1 - kw["alpha_bar_t"]) * eps
     sigma = np.sqrt(kw["beta_t"])
-    call = dict(kw, x_t=x_t, x_0=x_0, eps=eps, sigma_t=sigma, unused_keyword=None)
-    expected = _numpy_expected(kw, x_t, x_0, eps, sigma)
+    more = _more_arrays(rng, kw, x_0, eps)
+    call = dict(kw, x_t=x_t, x_0=x_0, eps=eps, sigma_t=sigma, unused_keyword=None, **more)
+    expected = _numpy_expected(kw, x_t, x_0, eps, sigma, more)
     for (name, key), want in expected.items():
         got = derivations.numeric(name, key)(**call)
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=f"{name}:{key}")
@@ -216,6 +323,84 @@ def test_note_about_T300_signal_left():
     assert "0.22" in " ".join(derivations.get("marginal").notes)
 
 
+def _lin_rescale(betas):
+    """Lin et al. 2024, Algorithm 1 (rescale_zero_terminal_snr), typed from the paper in numpy."""
+    alphas = 1.0 - betas
+    alphas_bar_sqrt = np.sqrt(np.cumprod(alphas))
+    first, last = alphas_bar_sqrt[0].copy(), alphas_bar_sqrt[-1].copy()
+    alphas_bar_sqrt = alphas_bar_sqrt - last
+    alphas_bar_sqrt = alphas_bar_sqrt * first / (first - last)
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = np.concatenate([alphas_bar[0:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return alphas_bar_sqrt, alphas_bar, 1 - alphas
+
+
+@pytest.mark.parametrize("seed,T", [(1, 2), (2, 7), (3, 300), (4, 1000)])
+def test_zero_snr_matches_algorithm_1(seed, T):
+    rng = np.random.default_rng(seed)
+    kw = _schedule(rng, T)
+    cum = kw["alpha_bar_t"]
+    ends = dict(alpha_bar_1=cum[0], alpha_bar_T=cum[-1])
+    want_sqrt, want_cum, want_betas = _lin_rescale(kw["beta_t"])
+    got_sqrt = derivations.numeric("zero-snr", "sqrt_alpha_bar_rescaled")(alpha_bar_t=cum, **ends)
+    got_cum = derivations.numeric("zero-snr", "alpha_bar_rescaled")(alpha_bar_t=cum, **ends)
+    np.testing.assert_allclose(got_sqrt, want_sqrt, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got_cum, want_cum, rtol=1e-12, atol=0)
+    assert got_sqrt[-1] == 0.0 and got_cum[-1] == 0.0  # zero terminal SNR, exactly
+    # betas from the rescaled cumulative products (the algorithm's), alphas_cumprod_prev[0] = 1
+    prev = np.concatenate([[1.0], want_cum[:-1]])
+    betas = derivations.numeric("zero-snr", "beta_rescaled")(alpha_bar_t=want_cum, alpha_bar_tm1=prev)
+    np.testing.assert_allclose(betas, want_betas, rtol=1e-12, atol=0)
+    assert betas[-1] == 1.0  # the last step keeps none of the signal
+    # β'_1 = β_1: 1 - ᾱ'_1 with ᾱ'_1 = ᾱ_1 up to a few roundings, relative to a β_1 ≥ 1e-5
+    np.testing.assert_allclose(betas[0], kw["beta_t"][0], rtol=64 * np.finfo(float).eps / kw["beta_t"][0])
+    # from the original arrays for t >= 2: the same betas
+    orig = derivations.numeric("zero-snr", "beta_rescaled_from_original")(
+        alpha_bar_t=cum[1:], alpha_bar_tm1=kw["alpha_bar_tm1"][1:], alpha_bar_T=cum[-1])
+    np.testing.assert_allclose(orig, want_betas[1:], rtol=0, atol=64 * np.finfo(float).eps)
+    v = rng.normal(size=T)
+    np.testing.assert_array_equal(derivations.numeric("zero-snr", "x_0_from_v_at_T")(v=v), -v)
+
+
+def test_zero_snr_note_about_linear_T1000():
+    """The zero-snr note: linear 1e-4..0.02 with T = 1000 leaves ᾱ_T ≈ 4e-5, √ᾱ_T ≈ 0.0064."""
+    cum = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    assert abs(cum[-1] - 4e-5) < 0.5e-5 and abs(np.sqrt(cum[-1]) - 0.0064) < 0.00005
+    notes = " ".join(derivations.get("zero-snr").notes)
+    assert "4e-5" in notes and "0.0064" in notes
+
+
+def test_tweedie_for_a_gaussian_mixture():
+    """Tweedie's formula (the 'score' derivation, any data) on non-Gaussian data: a mixture of three
+    Gaussians. 𝔼[x_0 | x_t] by numerical integration over x_0, the score d/dx log q(x_t) of the
+    mixture's marginal by a complex-step derivative (no cancellation)."""
+    from scipy import integrate
+
+    w, mu, sd = np.array([0.5, 0.3, 0.2]), np.array([-2.0, 0.5, 3.0]), np.array([0.4, 1.0, 0.3])
+    tweedie = derivations.numeric("score", "tweedie_mean")
+
+    def normal_pdf(x, m, var):
+        return np.exp(-((x - m) ** 2) / (2 * var)) / np.sqrt(2 * np.pi * var)
+
+    for ab_t in (0.999, 0.7, 0.2, 0.01):
+        def q_t(x):  # q(x_t) = Σ w_k N(x_t; √ᾱ μ_k, ᾱ s_k² + 1 - ᾱ)
+            return sum(w[k] * normal_pdf(x, np.sqrt(ab_t) * mu[k], ab_t * sd[k] ** 2 + 1 - ab_t) for k in range(3))
+
+        def joint(x0, x):  # q(x_0) q(x_t | x_0)
+            data = sum(w[k] * normal_pdf(x0, mu[k], sd[k] ** 2) for k in range(3))
+            return data * normal_pdf(x, np.sqrt(ab_t) * x0, 1 - ab_t)
+
+        for x in (-2.5, -0.3, 0.0, 1.1, 2.8):
+            h = 1e-20
+            score = np.imag(np.log(q_t(x + 1j * h))) / h
+            opts = dict(points=[np.clip(x / np.sqrt(ab_t), -11, 11)],  # the kernel is narrow when ᾱ_t ≈ 1
+                        epsabs=1e-14, epsrel=1e-12, limit=400)
+            num, _ = integrate.quad(lambda x0: x0 * joint(x0, x), -12, 12, **opts)
+            den, _ = integrate.quad(lambda x0: joint(x0, x), -12, 12, **opts)
+            np.testing.assert_allclose(tweedie(x_t=x, alpha_bar_t=ab_t, score_t=score), num / den,
+                                       rtol=1e-8, atol=1e-10, err_msg=f"alpha_bar_t={ab_t}, x_t={x}")
+
+
 def test_numeric_errors_and_extras():
     f = derivations.numeric("posterior", "posterior_variance")
     assert set(f.arg_names) == {"alpha_bar_t", "alpha_bar_tm1", "beta_t"}
@@ -241,6 +426,14 @@ def _sqrt_alpha_to_alpha(e):
 
 
 MUTATIONS = [
+    ("ddim", "marginal-preserved", lambda e: e.subs(sqrt(1 - abm1), 1 - abm1)),
+    ("ddim", "eta1-variance", lambda e: e.subs(abm1, ab)),
+    ("ddim", "eta1-direction", lambda e: e * sqrt(a)),
+    ("ddim", "eta1-mean", lambda e: e.subs(S.x_0, S.x_t)),
+    ("ddim", "eps-step", lambda e: e.subs(S.sigma_t**2, S.sigma_t)),
+    ("ddim", "eta1-eps-step", lambda e: e.subs(b, bt)),
+    ("ddim", "last-sigma", lambda e: e + S.eta),
+    ("ddim", "last-step", lambda e: e + S.eps_theta),
     # (derivation, step, mutation of its rhs)
     ("marginal", "forward-step", _sqrt_alpha_to_alpha),  # the definition must match its given
     ("marginal", "two-step", _sqrt_alpha_to_alpha),
@@ -273,6 +466,45 @@ MUTATIONS = [
     ("elbo", "x0-weight", lambda e: 2 * e),
     ("elbo", "eps-weight-snr", lambda e: e.subs(abm1, ab)),
     ("elbo", "t1", lambda e: sp.Integer(1)),
+    ("score", "kernel-gradient", lambda e: -e),
+    ("score", "tweedie", lambda e: e.subs(1 - ab, ab)),
+    ("score", "tweedie", lambda e: e * sqrt(ab)),  # 𝔼[√ᾱ_t x_0 | x_t] taken for 𝔼[x_0 | x_t]
+    ("score", "eps-mean", lambda e: e.subs(sqrt(ab), ab)),
+    ("score", "score-eps", lambda e: -e),
+    ("score", "score-eps", lambda e: e.subs(sqrt(1 - ab), 1 - ab)),  # variance for standard deviation
+    ("score", "l2-optimum", lambda e: e - S.Var(S.eps, S.x_t)),
+    ("score", "marginal", lambda e: e.subs(S.s_0**2, S.s_0)),
+    ("score", "gaussian-score", lambda e: e.subs(sqrt(ab) * S.m_0, S.m_0)),
+    ("score", "precision", lambda e: 1 / e),
+    ("score", "posterior", lambda e: e.func(e.args[0], e.args[1], S.s_0**2)),  # the prior's variance
+    ("score", "posterior", lambda e: e.func(e.args[0], S.m_0, e.args[2])),  # the prior's mean
+    ("score", "posterior-mean", lambda e: e.subs(S.m_0, 0)),
+    ("score", "tweedie-gaussian", lambda e: e.subs(S.s_0, 1)),
+    ("score", "score-eps-gaussian", lambda e: e * sqrt(1 - ab)),
+    ("parametrizations", "v", lambda e: -e),
+    ("parametrizations", "rotation", lambda e: e + S.x_0 * S.eps),
+    ("parametrizations", "x0-from-eps", lambda e: e.subs(sqrt(ab), ab)),
+    ("parametrizations", "eps-from-x0", lambda e: e.subs(sqrt(1 - ab), 1 - ab)),
+    ("parametrizations", "x0-from-v", lambda e: e.subs(S.v, -S.v)),
+    ("parametrizations", "eps-from-v", lambda e: e.xreplace({sqrt(ab): sqrt(1 - ab), sqrt(1 - ab): sqrt(ab)})),
+    ("parametrizations", "v-from-eps", lambda e: e.subs(S.x_t, -S.x_t)),
+    ("parametrizations", "v-from-x0", lambda e: e.subs(S.x_0, -S.x_0)),
+    ("parametrizations", "x0-error", lambda e: e.subs(S.SNR(S.t), 1 / S.SNR(S.t))),
+    ("parametrizations", "v-error-x0", lambda e: e.subs(1 + S.SNR(S.t), S.SNR(S.t))),  # SNR, not SNR + 1
+    ("parametrizations", "v-error-eps", lambda e: e * S.SNR(S.t)),
+    ("zero-snr", "last", lambda e: sqrt(S.alpha_bar_T)),
+    ("zero-snr", "first", lambda e: e**2),
+    ("zero-snr", "slope", lambda e: 1 / e),
+    ("zero-snr", "alpha-bar", lambda e: e.subs(S.alpha_bar_1, sqrt(S.alpha_bar_1))),
+    ("zero-snr", "beta", lambda e: e.subs(ab / abm1, abm1 / ab)),
+    ("zero-snr", "beta-rescaled", lambda e: e.subs(S.alpha_bar_T, 0)),
+    ("zero-snr", "beta-first", lambda e: 1 - e),
+    ("zero-snr", "beta-last", lambda e: S.beta_t),  # the last beta unchanged
+    ("zero-snr", "snr-last", lambda e: sp.oo),
+    ("zero-snr", "x_T", lambda e: S.x_0),
+    ("zero-snr", "eps-form-at-T", lambda e: e.subs(S.eps, 0)),
+    ("zero-snr", "v-at-T", lambda e: -e),
+    ("zero-snr", "x0-from-v-at-T", lambda e: -e),
 ]
 
 
