@@ -347,6 +347,77 @@ class GaussianDiffusion:
                 progress(self.T - i, self.T)
         return x, captured
 
+    @torch.no_grad()
+    def ddim_sample_loop(self, model: Model, shape: Iterable[int], config: Any,
+                         generator: torch.Generator | None = None,
+                         progress: Callable[[int, int], Any] | None = None, capture: Iterable[int] | None = None,
+                         x_T: torch.Tensor | None = None):
+        """Sample x_0 by a DDIM run of S of the T steps (Song et al. 2021, eqs. 12 and 16).
+
+        At each visited 0-based index i (``ddpm_check.ddim.plan``), with abar = alphas_cumprod[i] and
+        abar_prev the next visit's (1 after the last):
+        x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_theta + sigma z,
+        x0_hat = (x_t - sqrt(1 - abar) eps_theta)/sqrt(abar), sigma = eta sqrt((1 - abar_prev)/(1 - abar))
+        sqrt(1 - abar/abar_prev) (derivation ``ddim``).  Noise is drawn only at visits with
+        sigma > 0, in the order of ``p_sample_loop``'s draws, so with S = T and eta = 1 the two
+        loops give the same x_0 from the same generator (to rounding).
+
+        Args:
+            config: a ``ddpm_check.ddim.DDIMConfig`` (steps, eta, spacing), or a ``DDIMPlan``
+                whose coefficients are used as given (the checks pass deliberately wrong plans).
+            capture: visited indices whose input x_t is kept (x_T itself for the first visit).
+            The rest as :meth:`p_sample_loop`; progress is called as progress(k, S).
+        Returns:
+            x_0 [N, ...], or (x_0, {i: x at the visit of index i}) when ``capture`` is given.
+        """
+        from ddpm_check.ddim import DDIMConfig, DDIMPlan, plan
+
+        if isinstance(config, DDIMPlan):
+            p, config = config, config.config
+        elif isinstance(config, DDIMConfig):
+            p = plan(self.schedule.alphas_cumprod, config)
+        else:
+            raise DDPMCheckError(f"ddim_sample_loop needs a DDIMConfig, got {type(config).__name__}")
+        shape = self._check_shape(shape)
+        visited = {int(i) for i in p.timesteps}
+        keep: set[int] | None = None
+        if capture is not None:
+            keep = {int(i) for i in capture}
+            missing = sorted(keep - visited)
+            if missing:
+                raise DDPMCheckError(f"capture step(s) {missing[:5]} are not visited by this DDIM run "
+                                     f"({config.steps} steps, {config.spacing} spacing)")
+        if x_T is None:
+            x = torch.randn(shape, generator=generator, dtype=self.dtype, device=self.device)
+        else:
+            self._check_x(x_T, "x_T")
+            if tuple(x_T.shape) != shape:
+                raise DDPMCheckError(f"x_T has shape {list(x_T.shape)} but shape is {list(shape)}")
+            x = x_T.to(device=self.device, dtype=self.dtype)
+        n = shape[0]
+        as_t = lambda v: torch.tensor(float(v), dtype=self.dtype, device=self.device)  # noqa: E731
+        captured: dict[int, torch.Tensor] = {}
+        noise = torch.empty(shape, dtype=self.dtype, device=self.device)
+        S = len(p.timesteps)
+        for k, i in enumerate(p.timesteps.tolist()):
+            if keep is not None and i in keep:
+                captured[i] = x
+            t = torch.full((n,), i, dtype=torch.long, device=self.device)
+            eps = model(x, t)
+            self._check_eps(eps, x)
+            ab, ab_prev, sigma = p.alpha_bar[k], p.alpha_bar_prev[k], p.sigma[k]
+            x0_hat = (x - as_t(np.sqrt(1.0 - ab)) * eps) * as_t(1.0 / np.sqrt(ab))  # Song eq. 9
+            x_new = x0_hat * as_t(np.sqrt(ab_prev)) + eps * as_t(p.direction_coef[k])  # eq. 12
+            if sigma > 0.0:
+                noise.normal_(generator=generator)
+                x_new = x_new + noise * as_t(sigma)
+            x = x_new
+            if progress is not None:
+                progress(k + 1, S)
+        if keep is not None:
+            return x, captured
+        return x
+
     # ---- training objective -------------------------------------------------------------------
     def loss(self, model: Model, x_0: torch.Tensor, t: Any = None, noise: torch.Tensor | None = None,
              kind: str = "l2", generator: torch.Generator | None = None, reduction: str = "mean") -> torch.Tensor:

@@ -152,30 +152,49 @@ def _check_n(n: Any, what: str = "number of samples") -> int:
     return int(n)
 
 
+def _run_loop(sampler: Sampler, model, shape, generator, progress, capture=None, ddim=None, graph: bool = True):
+    """One batch through the chosen sampler: Algorithm 2 (``p_sample_loop``, T steps) or, with
+    ``ddim`` (a ``ddpm_check.ddim.DDIMConfig``), ``ddim_sample_loop`` (S steps)."""
+    if ddim is None:
+        return sampler.diffusion.p_sample_loop(model, shape, generator=generator, progress=progress,
+                                               capture=capture, graph=graph)
+    return sampler.diffusion.ddim_sample_loop(model, shape, ddim, generator=generator, progress=progress,
+                                              capture=capture)
+
+
+def loop_steps(sampler: Sampler, ddim=None) -> int:
+    """The number of model calls per batch: T, or S for a DDIM run (checked against T)."""
+    if ddim is None:
+        return sampler.diffusion.T
+    from ddpm_check.ddim import timesteps
+
+    return len(timesteps(sampler.diffusion.T, ddim.steps, ddim.spacing))
+
+
 @torch.no_grad()
 def sample(sampler: Sampler, n: int, seed: int = 0, batch_size: int = 500,
-           progress: Callable[[int, int], Any] | None = None, compile: bool = False) -> torch.Tensor:
+           progress: Callable[[int, int], Any] | None = None, compile: bool = False, ddim=None) -> torch.Tensor:
     """n samples x_0 ~ p_theta, float32 [n, C, H, W] on the CPU (not clipped).
 
     Batches of ``batch_size`` share one generator (seeded by ``seed``) in order, so the result
     depends on ``batch_size``.  ``progress(done, total)`` counts reverse steps over all batches.
     ``compile``: run the model through torch.compile (worth it for many images on a GPU; falls
-    back to eager mode where compiling fails).
+    back to eager mode where compiling fails).  ``ddim``: a ``DDIMConfig`` to sample with DDIM
+    (S of the T steps, Song et al. 2021) instead of Algorithm 2.
     """
     n = _check_n(n)
     batch_size = _check_n(batch_size, "sampling batch size")
     check_result_fits(n, sampler.shape)
+    steps = loop_steps(sampler, ddim)
     dev = sampler.device
     g = torch.Generator(dev).manual_seed(check_seed(seed))
     eps = sampler.eps_model(compile, probe_shape=(min(n, batch_size), *sampler.shape))
-    T = sampler.diffusion.T
     n_batches = math.ceil(n / batch_size)
     out = []
     for b in range(n_batches):
         m = min(batch_size, n - b * batch_size)
-        cb = None if progress is None else (lambda k, _T, b=b: progress(b * T + k, n_batches * T))
-        x = sampler.diffusion.p_sample_loop(eps, (m, *sampler.shape), generator=g, progress=cb,
-                                                 graph=True)
+        cb = None if progress is None else (lambda k, _T, b=b: progress(b * steps + k, n_batches * steps))
+        x = _run_loop(sampler, eps, (m, *sampler.shape), g, cb, ddim=ddim)
         out.append(x.float().cpu())
     return torch.cat(out)
 
@@ -183,18 +202,19 @@ def sample(sampler: Sampler, n: int, seed: int = 0, batch_size: int = 500,
 @torch.no_grad()
 def sample_with_strip(sampler: Sampler, n: int, seed: int = 0, strip_rows: int = 4, n_cols: int = 10,
                       batch_size: int = 500, progress: Callable[[int, int], Any] | None = None,
-                      compile: bool = False) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+                      compile: bool = False, ddim=None) -> tuple[torch.Tensor, list[int], torch.Tensor]:
     """Like :func:`sample`, and also the reverse-process frames of the first ``strip_rows`` chains.
 
     One pass serves both pictures: the strip's rows are samples 0..strip_rows-1 themselves.
-    Returns (x_0 [n, C, H, W], ts, frames [strip_rows, len(ts), C, H, W]).
+    Returns (x_0 [n, C, H, W], ts, frames [strip_rows, len(ts), C, H, W]); ts are paper steps
+    (a DDIM run shows steps it visits).
     """
     n = _check_n(n)
     batch_size = _check_n(batch_size, "sampling batch size")
     strip_rows = min(_check_n(strip_rows, "number of strip rows"), n)
     check_result_fits(n, sampler.shape)
-    T = sampler.diffusion.T
-    ts = strip_steps(T, n_cols)
+    steps = loop_steps(sampler, ddim)
+    ts = strip_steps(sampler.diffusion.T, n_cols, ddim)
     capture = [t - 1 for t in ts if t >= 1]
     g = torch.Generator(sampler.device).manual_seed(check_seed(seed))
     eps = sampler.eps_model(compile, probe_shape=(min(n, batch_size), *sampler.shape))
@@ -202,23 +222,28 @@ def sample_with_strip(sampler: Sampler, n: int, seed: int = 0, strip_rows: int =
     out, frames = [], None
     for b in range(n_batches):
         m = min(batch_size, n - b * batch_size)
-        cb = None if progress is None else (lambda k, _T, b=b: progress(b * T + k, n_batches * T))
+        cb = None if progress is None else (lambda k, _T, b=b: progress(b * steps + k, n_batches * steps))
         if b == 0:
-            x, captured = sampler.diffusion.p_sample_loop(eps, (m, *sampler.shape), generator=g,
-                                                          progress=cb, capture=capture, graph=True)
+            x, captured = _run_loop(sampler, eps, (m, *sampler.shape), g, cb, capture=capture, ddim=ddim)
             cols = [captured[t - 1][:strip_rows] if t >= 1 else x[:strip_rows] for t in ts]
             frames = torch.stack([c.float().cpu() for c in cols], dim=1)  # [rows, cols, C, H, W]
         else:
-            x = sampler.diffusion.p_sample_loop(eps, (m, *sampler.shape), generator=g, progress=cb,
-                                                 graph=True)
+            x = _run_loop(sampler, eps, (m, *sampler.shape), g, cb, ddim=ddim)
         out.append(x.float().cpu())
     return torch.cat(out), ts, frames
 
 
-def strip_steps(T: int, n_cols: int = 10) -> list[int]:
-    """Paper steps t shown by the strip: n_cols evenly spaced from T (noise) down to 0 (image)."""
+def strip_steps(T: int, n_cols: int = 10, ddim=None) -> list[int]:
+    """Paper steps t shown by the strip: n_cols evenly spaced from T (noise) down to 0 (image);
+    for a DDIM run, n_cols - 1 of the steps it visits (from its first) and 0."""
     if n_cols < 2:
         raise DDPMCheckError(f"the reverse-process strip needs at least 2 columns, got {n_cols}")
+    if ddim is not None:
+        from ddpm_check.ddim import timesteps
+
+        visits = timesteps(T, ddim.steps, ddim.spacing) + 1  # paper steps, descending
+        pick = np.round(np.linspace(0, len(visits) - 1, min(n_cols - 1, len(visits)))).astype(int)
+        return sorted({int(visits[k]) for k in pick} | {0}, reverse=True)
     ts = np.round(np.linspace(T, 0, n_cols)).astype(int).tolist()
     return sorted(set(ts), reverse=True)
 

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ddpm_check.commands.ui import (SampleBatchSize, SampleCompile, at_least, compile_fallback_line, compile_summary,
-                                    console, esc, images, sampling_bar)
+from ddpm_check.commands.ui import (SampleBatchSize, SampleCompile, Sampler, SamplerEta, SamplerSpacing, SamplerSteps,
+                                    at_least, compile_fallback_line, compile_summary, console, esc, images,
+                                    sampling_bar)
 from ddpm_check.errors import DDPMCheckError, check_seed
 
 
@@ -16,14 +17,23 @@ def command(
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint.safetensors file or a run folder (trained on digits).")],
     n: Annotated[int, typer.Option("-n", "--n", help="Number of samples to score.")] = 400,
     seed: Annotated[int, typer.Option(help="Seed of the samples and of the noise ceiling.")] = 0,
+    sampler_: Sampler = "ddpm",
+    steps: SamplerSteps = None,
+    eta: SamplerEta = None,
+    spacing: SamplerSpacing = None,
     batch_size: SampleBatchSize = 500,
     compile_: SampleCompile = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
 ):
+    import time
+
+    from ddpm_check.commands.sample import sampler_line, sampler_summary
+    from ddpm_check.ddim import from_options
     from ddpm_check.metrics import evaluate_digits, score_refusal
     from ddpm_check.sample import check_result_fits, load_sampler, sample
 
+    from_options(sampler_, steps, eta, spacing)  # option errors before the checkpoint is read
     check_seed(seed, "--seed")
     at_least("-n", n, 2, " for a Frechet distance")
     at_least("--batch-size", batch_size, 1)
@@ -31,22 +41,26 @@ def command(
     refusal = score_refusal(sampler.data_cfg)
     if refusal is not None:  # no number that compares the model with images it trained on
         raise DDPMCheckError(f"{str(sampler.path)!r}: {refusal}")
+    ddim = from_options(sampler_, steps, eta, spacing, T=sampler.diffusion.T)
     check_result_fits(n, sampler.shape)  # before the progress bar, which would leave a blank line
     con = console()
+    t0 = time.perf_counter()
     if as_json:
-        x = sample(sampler, n, seed=seed, batch_size=batch_size, compile=compile_)
+        x = sample(sampler, n, seed=seed, batch_size=batch_size, compile=compile_, ddim=ddim)
     else:
         bar, task = sampling_bar(con, f"sampling {images(n)}")
         with bar:
-            x = sample(sampler, n, seed=seed, batch_size=batch_size, compile=compile_,
+            x = sample(sampler, n, seed=seed, batch_size=batch_size, compile=compile_, ddim=ddim,
                        progress=lambda k, tot: bar.update(task, completed=k, total=tot))
+    seconds = time.perf_counter() - t0
     compile_fallback_line(con, as_json, compile_, sampler.compile_error, "sampled")
     score = evaluate_digits(x, seed=seed).to_dict()
-    score.update(checkpoint=str(sampler.path), step=sampler.step, seed=seed,
-                 **compile_summary(compile_, sampler.compile_error))
+    score.update(checkpoint=str(sampler.path), step=sampler.step, seed=seed, sampler=sampler_summary(sampler, ddim),
+                 sampling_seconds=round(seconds, 2), **compile_summary(compile_, sampler.compile_error))
     if as_json:
         return score
-    con.print(f"{esc(sampler.path)} (step {sampler.step})", soft_wrap=True)
+    con.print(f"{esc(sampler.path)} (step {sampler.step}; {sampler_line(score['sampler'])}, "
+              f"{seconds:.1f} s to sample)", soft_wrap=True)
     render_score(con, score)
     return None
 

@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ddpm_check.commands.ui import (SampleBatchSize, SampleCompile, at_least, compile_fallback_line, compile_summary,
-                                    console, esc, images, sampling_bar)
+from ddpm_check.commands.ui import (SampleBatchSize, SampleCompile, Sampler, SamplerEta, SamplerSpacing, SamplerSteps,
+                                    at_least, compile_fallback_line, compile_summary, console, esc, images,
+                                    sampling_bar)
 from ddpm_check.errors import check_seed
 
 
@@ -19,6 +20,10 @@ def command(
     seed: Annotated[int, typer.Option(help="Seed of x_T and of every step's noise.")] = 0,
     npy: Annotated[bool, typer.Option("--npy", help="Also write the raw samples (n x C x H x W, float32, in about [-1, 1]) as samples.npy.")] = False,
     strip_rows: Annotated[int, typer.Option(help="Chains shown in reverse_process.png.")] = 4,
+    sampler_: Sampler = "ddpm",
+    steps: SamplerSteps = None,
+    eta: SamplerEta = None,
+    spacing: SamplerSpacing = None,
     batch_size: SampleBatchSize = 500,
     compile_: SampleCompile = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
@@ -26,19 +31,23 @@ def command(
 ):
     import numpy as np
 
+    from ddpm_check.ddim import from_options
     from ddpm_check.sample import describe, load_sampler
 
+    from_options(sampler_, steps, eta, spacing)  # option errors before the checkpoint is read
     check_seed(seed, "--seed")
     at_least("-n", n, 1)
     at_least("--strip-rows", strip_rows, 1)
     at_least("--batch-size", batch_size, 1)
     sampler = load_sampler(checkpoint, device=device)
+    ddim = from_options(sampler_, steps, eta, spacing, T=sampler.diffusion.T)
     out_dir = Path(out) if out is not None else sampler.path.parent / f"sample-seed{seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
     con = console()
     x, grid, strip = sample_pictures(sampler, n, n, min(strip_rows, n), seed, out_dir, con, as_json,
-                                     batch_size=batch_size, compile=compile_)
+                                     batch_size=batch_size, compile=compile_, ddim=ddim)
     summary = {"checkpoint": str(sampler.path), "step": sampler.step, "n": n, "seed": seed,
+               "sampler": sampler_summary(sampler, ddim),
                "shape": list(x.shape), "samples_png": str(grid), "reverse_process_png": str(strip),
                "npy": None, **describe(x), **compile_summary(compile_, sampler.compile_error)}
     if npy:
@@ -46,16 +55,29 @@ def command(
         summary["npy"] = str(out_dir / "samples.npy")
     if as_json:
         return summary
-    con.print(f"sampled {images(n)} {list(x.shape[1:])} from {esc(sampler.path)} (step {sampler.step}, seed {seed})",
-              soft_wrap=True)
+    con.print(f"sampled {images(n)} {list(x.shape[1:])} from {esc(sampler.path)} (step {sampler.step}, seed {seed}; "
+              f"{sampler_line(summary['sampler'])})", soft_wrap=True)
     for key in ("samples_png", "reverse_process_png", "npy"):
         if summary[key]:
             con.print(f"  {esc(summary[key])}", soft_wrap=True)
     return None
 
 
+def sampler_summary(sampler, ddim) -> dict:
+    """The sampler a run used, for --json: Algorithm 2 over T steps, or the DDIM configuration."""
+    if ddim is None:
+        return {"sampler": "ddpm", "steps": sampler.diffusion.T}
+    return ddim.to_dict()
+
+
+def sampler_line(s: dict) -> str:
+    if s["sampler"] == "ddpm":
+        return f"DDPM, all {s['steps']} steps"
+    return f"DDIM, {s['steps']} steps, eta {s['eta']:g}, {s['spacing']} spacing"
+
+
 def sample_pictures(sampler, n_images: int, n_grid: int, strip_rows: int, seed: int, out, con, quiet: bool,
-                    prefix: str = "", batch_size: int = 500, compile: bool = False):
+                    prefix: str = "", batch_size: int = 500, compile: bool = False, ddim=None):
     """Sample once; write samples.png (first n_grid) and reverse_process.png (first strip_rows).
     Returns (samples, grid path, strip path); says so when samples are not finite (train uses it too)."""
     from ddpm_check.sample import (check_result_fits, count_non_finite, sample_with_strip, save_grid,
@@ -64,13 +86,13 @@ def sample_pictures(sampler, n_images: int, n_grid: int, strip_rows: int, seed: 
     check_result_fits(n_images, sampler.shape)  # before the progress bar, which would leave a blank line
     if quiet:
         x, ts, frames = sample_with_strip(sampler, n_images, seed=seed, strip_rows=strip_rows,
-                                          batch_size=batch_size, compile=compile)
+                                          batch_size=batch_size, compile=compile, ddim=ddim)
     else:
         bar, task = sampling_bar(con, f"sampling {images(n_images)}")
         with bar:
             x, ts, frames = sample_with_strip(
                 sampler, n_images, seed=seed, strip_rows=strip_rows, batch_size=batch_size,
-                progress=lambda k, tot: bar.update(task, completed=k, total=tot), compile=compile)
+                progress=lambda k, tot: bar.update(task, completed=k, total=tot), compile=compile, ddim=ddim)
     compile_fallback_line(con, quiet, compile, sampler.compile_error, "sampled")
     bad = count_non_finite(x)
     if bad and not quiet:

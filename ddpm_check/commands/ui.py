@@ -5,7 +5,7 @@ exit code.  Imports only typer's and rich's light parts at module level (``--hel
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -73,6 +73,15 @@ def compile_summary(asked: bool, error: str | None) -> dict:
 #: --batch-size of sample and evaluate
 SampleBatchSize = Annotated[int, typer.Option(
     "--batch-size", help="Images sampled at once; lower it if memory runs out (the samples of a seed depend on it).")]
+#: the sampler options of sample and evaluate (checked by ddpm_check.ddim.from_options)
+Sampler = Annotated[str, typer.Option(
+    "--sampler", help="ddpm: Algorithm 2, all T steps | ddim: DDIM (Song et al. 2021), --steps of the T steps.")]
+SamplerSteps = Annotated[Optional[int], typer.Option(
+    "--steps", help="DDIM: steps to run (default 50, or T if smaller); fewer is faster and coarser.")]
+SamplerEta = Annotated[Optional[float], typer.Option(
+    "--eta", help="DDIM: noise scale in [0, 1]; 0 deterministic (default), 1 DDPM's variance on the visited steps.")]
+SamplerSpacing = Annotated[Optional[str], typer.Option(
+    "--spacing", help="DDIM: which steps: trailing (default: starts at T) | leading | linspace (diffusers' names).")]
 #: --compile of sample and evaluate
 SampleCompile = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the network (faster for many images, mainly on a GPU; compiling takes seconds "

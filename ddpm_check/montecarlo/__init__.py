@@ -89,6 +89,12 @@ CHECKS: Registry[CheckEntry] = Registry("check", (
                needs=("marginal", "posterior", "mean-eps")),
     CheckEntry("sampler", "p_sample_loop with the exact denoiser samples the data  (Alg. 2)",
                "ddpm_check.montecarlo.sampler", default_samples=4_000),
+    CheckEntry("ddim", "DDIM keeps q(x_t | x_0) at every visited step; eta = 1, S = T is DDPM  "
+               "(Song et al. eqs. 12, 16)", "ddpm_check.montecarlo.ddim", default_samples=50_000,
+               needs=("marginal", "ddim")),
+    CheckEntry("score", "score = -E[eps | x_t]/sqrt(1 - alpha_bar_t); Tweedie E[x_0 | x_t] = (x_t + (1 - alpha_bar_t) "
+               "score)/sqrt(alpha_bar_t)  (Efron 2011)", "ddpm_check.montecarlo.score", default_samples=200_000,
+               needs=("score",)),
     CheckEntry("network", "a trained SimpleUnet approaches the Bayes floor  (eq. 14)",
                "ddpm_check.montecarlo.network", default_samples=8_192, slow=True, single_thread=False),
 ))

@@ -62,3 +62,34 @@ def test_sample_output_off_a_terminal_has_no_empty_bar_line(trained, tmp_path):
     r = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "-n", "64"])
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith(str(out / "checkpoint.safetensors")) and "rough" not in r.stdout
+
+
+def test_sample_and_evaluate_with_ddim(trained, tmp_path, clean_error):
+    import torch
+
+    from ddpm_check.ddim import DDIMConfig
+    from ddpm_check.sample import load_sampler, sample
+
+    out, _ = trained  # T = 20
+    r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "3", "--sampler", "ddim", "--steps", "5",
+                            "--eta", "0.5", "--spacing", "linspace", "--npy", "--out", str(tmp_path / "d"), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["sampler"] == {"sampler": "ddim", "steps": 5, "eta": 0.5, "spacing": "linspace"}
+    s = load_sampler(out, device="cpu")
+    assert torch.equal(torch.from_numpy(np.load(doc["npy"])), sample(s, 3, seed=0, ddim=DDIMConfig(5, 0.5, "linspace")))
+    r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "2", "--out", str(tmp_path / "p"), "--json"])
+    assert json.loads(r.stdout)["sampler"] == {"sampler": "ddpm", "steps": 20}
+    r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "2", "--sampler", "ddim", "--out", str(tmp_path / "t")])
+    assert r.exit_code == 0 and "DDIM, 20 steps, eta 0, trailing spacing" in r.output  # default steps: min(50, T)
+    r = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "-n", "8", "--sampler", "ddim", "--steps", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["sampler"]["steps"] == 4 and doc["sampling_seconds"] >= 0
+    for args, words in ((["--steps", "5"], "--steps applies only to --sampler ddim"),
+                        (["--sampler", "ddim", "--steps", "21"], "--steps 21 is more than the model's T = 20"),
+                        (["--sampler", "ddim", "--eta", "1.5"], "--eta must be in [0, 1]"),
+                        (["--sampler", "ddim", "--spacing", "uniform"], "unknown --spacing 'uniform'"),
+                        (["--sampler", "plms"], "unknown --sampler 'plms'")):
+        for cmd in ("sample", "evaluate"):
+            clean_error(runner.invoke(app, [cmd, "--checkpoint", str(out), *args]), words)
