@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ddpm_check.errors import DDPMCheckError
-from ddpm_check.schedules import OPTION_KINDS, Schedule, ScheduleConfig
+from ddpm_check.schedules import OPTION_KINDS, Schedule, ScheduleConfig, zero_snr_betas
 
 #: L_T of Ho et al. 2020's own schedule (linear 1e-4..0.02, T = 1000), "≈ 1e-5 bits per dimension" (sec. 4)
 HO_L_T_BITS: float = 1e-5
@@ -178,24 +178,46 @@ def diagnose(schedule: Schedule | ScheduleConfig) -> ScheduleDiagnostics:
     if not isinstance(s, Schedule):
         raise DDPMCheckError(f"expected a Schedule or ScheduleConfig, got {type(schedule).__name__}")
     cfg = s.config
-    ab_T = float(s.alphas_cumprod[-1])
+    custom = cfg.kind == "custom"
+    return _diagnose_betas(s.betas, label(cfg) if not custom else f"custom T={s.T}",
+                           spec_string(cfg) if not custom else "custom", cfg.kind,
+                           cfg.beta_start if cfg.kind == "linear" else None,
+                           cfg.beta_end if cfg.kind == "linear" else None)
+
+
+def diagnose_zero_snr(schedule: Schedule | ScheduleConfig) -> ScheduleDiagnostics:
+    """The diagnostics of ``schedule`` rescaled to zero terminal SNR (``schedules.zero_snr_betas``):
+    abar_T = 0, so x_T keeps nothing of x_0 and the prior term L_T is 0; beta_T = 1."""
+    d = diagnose(schedule)
+    s = Schedule.from_config(schedule) if isinstance(schedule, ScheduleConfig) else schedule
+    return _diagnose_betas(zero_snr_betas(s.betas), f"{d.label} zero-SNR", f"{d.spec}:zero-snr", d.kind,
+                           None, None)
+
+
+def _diagnose_betas(betas: np.ndarray, label_: str, spec: str, kind: str, beta_start: float | None,
+                    beta_end: float | None) -> ScheduleDiagnostics:
+    b = np.asarray(betas, dtype=np.float64)
+    alphas = 1.0 - b
+    ab = np.cumprod(alphas)
+    ab_T = float(ab[-1])
     worst = float(kl_prior(ab_T, 1.0))
     unif = float(kl_prior(ab_T, UNIFORM_X0_SQ))
-    below = np.flatnonzero(s.alphas_cumprod <= 0.5)
+    below = np.flatnonzero(ab <= 0.5)
     t_half = int(below[0]) + 1 if below.size else None
-    i_max = int(np.argmax(s.betas))
+    i_max = int(np.argmax(b))
+    T = int(b.size)
     return ScheduleDiagnostics(
-        label=label(cfg) if cfg.kind != "custom" else f"custom T={s.T}",
-        spec=spec_string(cfg) if cfg.kind != "custom" else "custom",
-        kind=cfg.kind,
-        T=s.T,
-        beta_start=cfg.beta_start if cfg.kind == "linear" else None,
-        beta_end=cfg.beta_end if cfg.kind == "linear" else None,
-        beta_first=float(s.betas[0]),
-        beta_max=float(s.betas[i_max]),
+        label=label_,
+        spec=spec,
+        kind=kind,
+        T=T,
+        beta_start=beta_start,
+        beta_end=beta_end,
+        beta_first=float(b[0]),
+        beta_max=float(b[i_max]),
         t_beta_max=i_max + 1,
-        alpha_min=float(s.alphas.min()),
-        alpha_max=float(s.alphas.max()),
+        alpha_min=float(alphas.min()),
+        alpha_max=float(alphas.max()),
         alpha_bar_T=ab_T,
         sqrt_alpha_bar_T=math.sqrt(ab_T),
         snr_T=ab_T / (1.0 - ab_T),
@@ -205,23 +227,26 @@ def diagnose(schedule: Schedule | ScheduleConfig) -> ScheduleDiagnostics:
         L_T_uniform_nats=unif,
         L_T_uniform_bits=unif / LN2,
         t_half=t_half,
-        t_half_frac=None if t_half is None else t_half / s.T,
+        t_half_frac=None if t_half is None else t_half / T,
     )
 
 
-def curves(schedule: Schedule) -> dict[str, np.ndarray]:
-    """Arrays over paper steps t = 1..T: ``t_frac`` = t/T, ``alpha_bar``, ``log_snr`` = ln(ab/(1-ab)),
-    ``beta_tilde_ratio`` = beta_tilde_t / beta_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) (0 at t = 1)."""
-    s = schedule
-    t = np.arange(1, s.T + 1, dtype=np.float64)
-    ab = s.alphas_cumprod
+def curves(schedule: Schedule | np.ndarray) -> dict[str, np.ndarray]:
+    """Arrays over paper steps t = 1..T of a Schedule (or of its betas): ``t_frac`` = t/T,
+    ``alpha_bar``, ``log_snr`` = ln(ab/(1-ab)) (-inf where ab = 0), ``beta_tilde_ratio`` =
+    beta_tilde_t / beta_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) (0 at t = 1)."""
+    b = schedule.betas if isinstance(schedule, Schedule) else np.asarray(schedule, dtype=np.float64)
+    T = b.size
+    t = np.arange(1, T + 1, dtype=np.float64)
+    ab = np.cumprod(1.0 - b)
+    prev = np.concatenate([[1.0], ab[:-1]])
     with np.errstate(divide="ignore"):
         log_snr = np.log(ab) - np.log1p(-ab)
     return {
-        "t_frac": t / s.T,
-        "alpha_bar": ab.copy(),
+        "t_frac": t / T,
+        "alpha_bar": ab,
         "log_snr": log_snr,
-        "beta_tilde_ratio": (1.0 - s.alphas_cumprod_prev) / (1.0 - ab),
+        "beta_tilde_ratio": (1.0 - prev) / (1.0 - ab),
     }
 
 
@@ -235,8 +260,9 @@ def check_plot_path(path: Path) -> Path:
     return p
 
 
-def plot(schedules: Sequence[Schedule], path: Path) -> Path:
-    """Write alpha_bar_t, log SNR(t) and beta_tilde_t / beta_t against t/T (matplotlib, Agg) to ``path``."""
+def plot(schedules: Sequence[Schedule], path: Path, extra: Sequence[tuple[str, np.ndarray]] = ()) -> Path:
+    """Write alpha_bar_t, log SNR(t) and beta_tilde_t / beta_t against t/T (matplotlib, Agg) to ``path``;
+    ``extra``: (name, betas) curves drawn dashed beside them (the zero-SNR rescales)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -245,12 +271,13 @@ def plot(schedules: Sequence[Schedule], path: Path) -> Path:
     p = check_plot_path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for s in schedules:
-        c = curves(s)
-        name = label(s.config) if s.config.kind != "custom" else f"custom T={s.T}"
-        axes[0].plot(c["t_frac"], c["alpha_bar"], label=name)
-        axes[1].plot(c["t_frac"], c["log_snr"], label=name)
-        axes[2].plot(c["t_frac"], c["beta_tilde_ratio"], label=name)
+    items = [(label(s.config) if s.config.kind != "custom" else f"custom T={s.T}", s, "-") for s in schedules]
+    items += [(name, betas, "--") for name, betas in extra]
+    for name, sched, style in items:
+        c = curves(sched)
+        axes[0].plot(c["t_frac"], c["alpha_bar"], style, label=name)
+        axes[1].plot(c["t_frac"], c["log_snr"], style, label=name)
+        axes[2].plot(c["t_frac"], c["beta_tilde_ratio"], style, label=name)
     axes[0].axhline(0.5, color="grey", lw=0.6, ls=":")
     axes[0].set_title(r"$\bar\alpha_t$  (signal variance kept in $x_t$)")
     axes[1].set_title(r"log SNR$(t) = \ln(\bar\alpha_t / (1-\bar\alpha_t))$")
@@ -271,5 +298,5 @@ def plot(schedules: Sequence[Schedule], path: Path) -> Path:
 
 __all__ = [
     "HO_L_T_BITS", "UNIFORM_X0_SQ", "SPEC_HELP", "ScheduleDiagnostics", "kl_prior", "parse_spec",
-    "parse_specs", "label", "spec_string", "diagnose", "curves", "plot", "check_plot_path",
+    "parse_specs", "label", "spec_string", "diagnose", "diagnose_zero_snr", "curves", "plot", "check_plot_path",
 ]

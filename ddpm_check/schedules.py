@@ -152,6 +152,29 @@ def cosine_betas(T: int = defaults.T, s: float = 0.008, max_beta: float = 0.999)
     return np.minimum(1.0 - ratio, max_beta)
 
 
+def zero_snr_betas(betas: Any) -> np.ndarray:
+    """Betas rescaled to zero terminal SNR (Lin et al. 2024, Algorithm 1; derivation ``zero-snr``).
+
+    sqrt(abar'_t) = (sqrt(abar_t) - sqrt(abar_T)) sqrt(abar_1) / (sqrt(abar_1) - sqrt(abar_T)), so that
+    abar'_T = 0 and abar'_1 = abar_1; then beta'_t = 1 - abar'_t / abar'_{t-1} (abar'_0 = 1), hence
+    beta'_1 = beta_1 and beta'_T = 1 exactly.  The result has beta_T = 1, which a ``Schedule``
+    refuses (alpha_T = 0): it is for diagnostics and for v-prediction, never for eps-prediction
+    sampling.  Needs T >= 2 (abar_1 > abar_T).
+    """
+    b = _check_betas(betas)
+    if b.size < 2:
+        raise DDPMCheckError(f"zero terminal SNR needs T >= 2 (abar_1 > abar_T), got T = {b.size}")
+    sq = np.sqrt(np.cumprod(1.0 - b))
+    first, last = sq[0], sq[-1]
+    scaled = (sq - last) * first / (first - last)
+    ab = scaled**2
+    ab[-1] = 0.0
+    prev = np.concatenate([[1.0], ab[:-1]])
+    out = 1.0 - ab / prev
+    out[0], out[-1] = b[0], 1.0  # beta'_1 = beta_1 (no rounding), beta'_T = 1
+    return out
+
+
 # ---- config -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ScheduleConfig:

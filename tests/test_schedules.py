@@ -242,3 +242,30 @@ def test_bad_input_raises_naming_value(call, needle):
     with pytest.raises(DDPMCheckError) as exc:
         call()
     assert needle in str(exc.value)
+
+
+# ---- zero terminal SNR (Lin et al. 2024, Algorithm 1) -------------------------------------------
+@pytest.mark.parametrize("kind,T", [("linear", 300), ("linear", 1000), ("cosine", 1000), ("linear", 2)])
+def test_zero_snr_betas_are_the_derived_rescale(kind, T):
+    import derivations
+    from ddpm_check.schedules import Schedule, ScheduleConfig, zero_snr_betas
+
+    s = Schedule.from_config(ScheduleConfig(kind=kind, T=T))
+    b = zero_snr_betas(s.betas)
+    ends = dict(alpha_bar_1=s.alphas_cumprod[0], alpha_bar_T=s.alphas_cumprod[-1])
+    want_ab = derivations.numeric("zero-snr", "alpha_bar_rescaled")(alpha_bar_t=s.alphas_cumprod, **ends)
+    got_ab = np.cumprod(1.0 - b)
+    np.testing.assert_allclose(got_ab[:-1], want_ab[:-1], rtol=1e-9, atol=1e-15)
+    assert got_ab[-1] == 0.0 and b[-1] == 1.0 and b[0] == s.betas[0]
+    assert np.all((b > 0) & (b <= 1))
+    if T > 2:  # beta'_t for 2 <= t < T from the original arrays (the derivation's second form)
+        want_b = derivations.numeric("zero-snr", "beta_rescaled_from_original")(
+            alpha_bar_t=s.alphas_cumprod[1:-1], alpha_bar_tm1=s.alphas_cumprod_prev[1:-1], alpha_bar_T=ends["alpha_bar_T"])
+        np.testing.assert_allclose(b[1:-1], want_b, rtol=1e-8)
+
+
+def test_zero_snr_needs_two_steps():
+    from ddpm_check.schedules import zero_snr_betas
+
+    with pytest.raises(DDPMCheckError, match="T >= 2"):
+        zero_snr_betas([0.1])

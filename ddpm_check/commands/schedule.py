@@ -24,16 +24,17 @@ def command(
     plot: Annotated[Optional[Path], typer.Option(help="Where to write the plot (.png, .pdf or .svg; default schedule.png in --out).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for the default plot file (default: runs/, where train writes too).", show_default=False)] = None,
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Do not write a plot.")] = False,
+    zero_snr: Annotated[bool, typer.Option("--zero-snr", help="Also show each schedule rescaled to zero terminal SNR (Lin et al. 2024): abar_T = 0, beta_T = 1.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON.")] = False,
 ):
     """For each schedule: alpha_bar_T and sqrt(alpha_bar_T), the terminal SNR, the prior term L_T = KL(q(x_T|x_0) || N(0, 1)) per dimension in nats and bits (for |x_0| = 1, the worst case of data in [-1, 1], and averaged over x_0 ~ U[-1, 1]), the t where alpha_bar_t falls to 1/2 and the largest beta_t. A plot shows alpha_bar_t, log SNR and beta_tilde_t/beta_t against t/T.
 
-    One schedule: --kind, --T, --beta-start, --beta-end (default: the source's linear T=300, beta 1e-4..0.02).
+    One schedule: --kind, --T, --beta-start, --beta-end (default: the source's linear T=300, beta 1e-4..0.02). --zero-snr adds each schedule rescaled to zero terminal SNR beside it.
 
     Several, to compare: --spec KIND:T[:BETA_START:BETA_END], repeated or comma-separated, instead of --kind etc. Example: ddpm-check schedule --spec linear:300:1e-4:0.02 --spec linear:1000,cosine:1000
     """
     from ddpm_check import diagnostics as D
-    from ddpm_check.schedules import Schedule, ScheduleConfig
+    from ddpm_check.schedules import Schedule, ScheduleConfig, zero_snr_betas
 
     single = {"--kind": kind, "--T": T, "--beta-start": beta_start, "--beta-end": beta_end}
     if spec:
@@ -48,9 +49,14 @@ def command(
         raise DDPMCheckError("--plot and --no-plot contradict each other; give one")
     plot_path = None if no_plot else D.check_plot_path(plot if plot is not None else (out or Path("runs")) / "schedule.png")
     schedules = [Schedule.from_config(c) for c in configs]
-    diags = [D.diagnose(s) for s in schedules]
+    diags, extra = [], []
+    for s in schedules:
+        diags.append(D.diagnose(s))
+        if zero_snr:  # the rescaled schedule beside its original
+            diags.append(D.diagnose_zero_snr(s))
+            extra.append((diags[-1].label, zero_snr_betas(s.betas)))
     if plot_path is not None:
-        plot_path = D.plot(schedules, plot_path)
+        plot_path = D.plot(schedules, plot_path, extra=extra)
     if as_json:
         return {"schedules": [d.to_dict() for d in diags], "plot": None if plot_path is None else str(plot_path),
                 "L_T": "KL(q(x_T|x_0) || N(0,1)) per dimension; worst: |x_0| = 1; uniform: x_0 ~ U[-1,1] (E x_0^2 = 1/3)",
@@ -92,5 +98,9 @@ def render(diags, plot_path) -> None:
     con.print("L_T = KL(q(x_T|x_0) || N(0,1)) = ½(ᾱ_T x_0² + (1 - ᾱ_T) - 1 - ln(1 - ᾱ_T)) per dimension; "
               "|x_0|=1: the worst case of data in [-1, 1]; x_0~U: averaged over x_0 uniform on [-1, 1] "
               "(E x_0² = 1/3). Ho et al. 2020 chose their schedule (linear, T = 1000) for L_T ≈ 1e-5 bits/dim.")
+    if any(d.spec.endswith(":zero-snr") for d in diags):
+        con.print("zero-SNR: √ᾱ_t shifted and scaled so that √ᾱ_T = 0 and √ᾱ_1 is unchanged (Lin et al. 2024, "
+                  "derivation zero-snr): x_T is pure noise, so sampling from N(0, I) starts exactly, but β_T = 1 and "
+                  "ε-prediction is undefined at t = T (x_T = ε says nothing of x_0); train with v-prediction.")
     if plot_path is not None:
         con.print(f"plot (alpha_bar_t, log SNR, beta_tilde_t/beta_t vs t/T) written to {esc(plot_path)}")

@@ -107,3 +107,26 @@ def test_help_documents_specs():
     r = runner.invoke(app, ["schedule", "--help"], env=WIDE)
     assert r.exit_code == 0
     assert "--spec" in r.stdout and "KIND:T[:BETA_START:BETA_END]" in r.stdout and "cosine:1000" in r.stdout
+
+
+def test_schedule_zero_snr_beside_each_schedule(tmp_path, clean_error):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    r = CliRunner().invoke(app, ["schedule", "--spec", "linear:300,cosine:100", "--zero-snr", "--json",
+                                 "--plot", str(tmp_path / "z.png")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    labels = [d["label"] for d in doc["schedules"]]
+    assert len(labels) == 4 and labels[1] == labels[0] + " zero-SNR" and labels[3] == labels[2] + " zero-SNR"
+    for orig, z in (doc["schedules"][0:2], doc["schedules"][2:4]):
+        assert orig["alpha_bar_T"] > 0 and z["alpha_bar_T"] == 0 and z["sqrt_alpha_bar_T"] == 0
+        assert z["L_T_worst_bits"] == 0 and z["log_snr_T"] == "-inf" and z["beta_max"] == 1.0
+        assert z["beta_first"] == orig["beta_first"]
+    assert (tmp_path / "z.png").stat().st_size > 0
+    r = CliRunner().invoke(app, ["schedule", "--zero-snr", "--no-plot"], env={"COLUMNS": "120"})
+    assert r.exit_code == 0 and "zero-SNR" in r.output and "v-prediction" in r.output
+    clean_error(CliRunner().invoke(app, ["schedule", "--zero-snr", "-T", "1", "--no-plot"]), "T >= 2", "T = 1")
