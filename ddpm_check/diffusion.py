@@ -218,6 +218,15 @@ class GaussianDiffusion:
         # posterior_std[0] is exactly 0, so elements with t == 0 get mean + 0 * z = mean.
         return mean + self._extract(self.posterior_std, t, nd) * noise
 
+    def _start(self, shape: tuple[int, ...], generator: torch.Generator | None, x_T: Any) -> torch.Tensor:
+        """A sampling loop's x_T: ``x_T`` checked against ``shape``, or a draw from ``generator``."""
+        if x_T is None:
+            return torch.randn(shape, generator=generator, dtype=self.dtype, device=self.device)
+        self._check_x(x_T, "x_T")
+        if tuple(x_T.shape) != shape:
+            raise DDPMCheckError(f"x_T has shape {list(x_T.shape)} but shape is {list(shape)}")
+        return x_T.to(device=self.device, dtype=self.dtype)
+
     @torch.no_grad()
     def p_sample_loop(self, model: Model, shape: Iterable[int], generator: torch.Generator | None = None,
                       progress: Callable[[int, int], Any] | None = None, capture: Iterable[int] | None = None,
@@ -248,13 +257,7 @@ class GaussianDiffusion:
                 if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) < self.T:
                     raise DDPMCheckError(f"capture step {i!r} is out of range; 0-based steps 0..{self.T - 1} are allowed")
                 keep.add(int(i))
-        if x_T is None:
-            x = torch.randn(shape, generator=generator, dtype=self.dtype, device=self.device)
-        else:
-            self._check_x(x_T, "x_T")
-            if tuple(x_T.shape) != shape:
-                raise DDPMCheckError(f"x_T has shape {list(x_T.shape)} but shape is {list(shape)}")
-            x = x_T.to(device=self.device, dtype=self.dtype)
+        x = self._start(shape, generator, x_T)
         if graph and self.device.type == "cuda":
             try:
                 out = self._p_sample_loop_graphed(model, x, generator, progress, keep)
@@ -387,30 +390,28 @@ class GaussianDiffusion:
             if missing:
                 raise DDPMCheckError(f"capture step(s) {missing[:5]} are not visited by this DDIM run "
                                      f"({config.steps} steps, {config.spacing} spacing)")
-        if x_T is None:
-            x = torch.randn(shape, generator=generator, dtype=self.dtype, device=self.device)
-        else:
-            self._check_x(x_T, "x_T")
-            if tuple(x_T.shape) != shape:
-                raise DDPMCheckError(f"x_T has shape {list(x_T.shape)} but shape is {list(shape)}")
-            x = x_T.to(device=self.device, dtype=self.dtype)
+        x = self._start(shape, generator, x_T)
         n = shape[0]
-        as_t = lambda v: torch.tensor(float(v), dtype=self.dtype, device=self.device)  # noqa: E731
+        # every visit's coefficients and index on the device once, derived in float64 before the
+        # cast: the loop only takes 0-d views (no host-to-device copy per step)
+        coef = torch.as_tensor(np.stack([np.sqrt(1.0 - p.alpha_bar), 1.0 / np.sqrt(p.alpha_bar),
+                                         np.sqrt(p.alpha_bar_prev), p.direction_coef, p.sigma])
+                               ).to(self.device, self.dtype)
+        steps = torch.as_tensor(p.timesteps, dtype=torch.long).to(self.device)
         captured: dict[int, torch.Tensor] = {}
         noise = torch.empty(shape, dtype=self.dtype, device=self.device)
         S = len(p.timesteps)
         for k, i in enumerate(p.timesteps.tolist()):
             if keep is not None and i in keep:
                 captured[i] = x
-            t = torch.full((n,), i, dtype=torch.long, device=self.device)
-            eps = model(x, t)
+            eps = model(x, steps[k].expand(n))
             self._check_eps(eps, x)
-            ab, ab_prev, sigma = p.alpha_bar[k], p.alpha_bar_prev[k], p.sigma[k]
-            x0_hat = (x - as_t(np.sqrt(1.0 - ab)) * eps) * as_t(1.0 / np.sqrt(ab))  # Song eq. 9
-            x_new = x0_hat * as_t(np.sqrt(ab_prev)) + eps * as_t(p.direction_coef[k])  # eq. 12
-            if sigma > 0.0:
+            sqrt_1m_ab, rsqrt_ab, sqrt_ab_prev, direction, sigma = coef[:, k]
+            x0_hat = (x - sqrt_1m_ab * eps) * rsqrt_ab  # Song eq. 9
+            x_new = x0_hat * sqrt_ab_prev + eps * direction  # eq. 12
+            if p.sigma[k] > 0.0:  # a host float64: no device sync
                 noise.normal_(generator=generator)
-                x_new = x_new + noise * as_t(sigma)
+                x_new = x_new + noise * sigma
             x = x_new
             if progress is not None:
                 progress(k + 1, S)

@@ -13,26 +13,12 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 import derivations
+from tests.properties.strategies import schedules as strategies
 
 EPS = np.finfo(np.float64).eps
-BETA_MIN, BETA_MAX = 1e-5, 0.05
-
-
-@st.composite
-def linear_betas(draw):
-    T = draw(st.integers(2, 1000))
-    lo = draw(st.floats(BETA_MIN, BETA_MAX))
-    hi = draw(st.floats(BETA_MIN, BETA_MAX))
-    return np.linspace(lo, hi, T)
-
-
-arbitrary_betas = st.integers(2, 1000).flatmap(
-    lambda T: arrays(np.float64, T, elements=st.floats(BETA_MIN, BETA_MAX, allow_subnormal=False))
-)
-schedules = st.one_of(linear_betas(), arbitrary_betas)
+schedules = strategies(2)
 
 
 def _num(key, name="zero-snr"):
