@@ -1,8 +1,17 @@
 """The DDPM math on tensors (Ho et al. 2020).  Not an nn.Module: the model is passed in.
 
-A *model* is any callable ``model(x_t, t) -> eps_pred`` with x_t [N, ...] and t [N] long holding
-0-based step indices (array index i <-> paper step t = i + 1, see ddpm_check.schedules).  A
-SimpleUnet, an exact denoiser (``GaussianMixture.eps_predictor``) or a lambda all work.
+A *model* is any callable ``model(x_t, t) -> prediction`` with x_t [N, ...] and t [N] long holding
+0-based step indices (array index i <-> paper step t = i + 1, see ddpm_check.schedules).  What it
+predicts is the diffusion's ``prediction`` (derivation ``parametrizations``; diffusers'
+``prediction_type`` in brackets):
+
+    "eps" (epsilon)      the noise eps of x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps   (Ho et al. eq. 14)
+    "x0"  (sample)       x_0 itself
+    "v"   (v_prediction) v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0    (Salimans & Ho 2022, sec. 4)
+
+A SimpleUnet, an exact denoiser (``GaussianMixture.predictor``) or a lambda all work.  With a
+zero-terminal-SNR schedule (abar_T = 0, ``ScheduleConfig(zero_snr=True)``) an eps-prediction cannot
+give x_0 at t = T (it divides by sqrt(abar_T) = 0), so that pair is refused.
 
 Every per-step coefficient lives on the device as a [T] tensor, converted once from the float64
 schedule at construction, and is gathered by t: nothing in the sampling loop reads a tensor value
@@ -21,20 +30,37 @@ from ddpm_check.schedules import Schedule
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOSS_KINDS = ("l2", "l1")
+#: what a model may predict (derivation ``parametrizations``)
+PREDICTIONS = ("eps", "x0", "v")
+#: the same choices under diffusers' ``prediction_type`` names
+DIFFUSERS_PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+
+
+def check_prediction(prediction: Any, name: str = "prediction") -> str:
+    """``prediction`` if it is one of PREDICTIONS, else a DDPMCheckError naming the value."""
+    if prediction not in PREDICTIONS:
+        raise DDPMCheckError(f"unknown {name} {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+    return prediction
 
 
 class GaussianDiffusion:
     """Forward process q, posterior q(x_{t-1} | x_t, x_0), and the reverse process p_theta.
 
-    Attributes: ``schedule``, ``T``, ``device``, ``dtype``, and one [T] tensor per schedule array
-    (``betas``, ``alphas_cumprod``, ``posterior_variance``, ...) plus
-    ``eps_coef`` = beta_t / sqrt(1 - alpha_bar_t) and ``posterior_std`` = sqrt(beta_tilde_t)
-    (exactly 0 at index 0).
+    Attributes: ``schedule``, ``T``, ``device``, ``dtype``, ``prediction`` (what the model
+    predicts: "eps", "x0" or "v"), and one [T] tensor per schedule array (``betas``,
+    ``alphas_cumprod``, ``posterior_variance``, ...) plus ``eps_coef`` = beta_t / sqrt(1 - alpha_bar_t)
+    and ``posterior_std`` = sqrt(beta_tilde_t) (exactly 0 at index 0).  On a zero-terminal-SNR
+    schedule ``sqrt_recip_alphas`` is inf at index T - 1 (alpha_T = 0); the x0- and v-forms never read it.
     """
 
-    def __init__(self, schedule: Schedule, device: Any = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, schedule: Schedule, device: Any = "cpu", dtype: torch.dtype = torch.float32,
+                 prediction: str = "eps") -> None:
         if not isinstance(schedule, Schedule):
             raise DDPMCheckError(f"GaussianDiffusion needs a Schedule, got {type(schedule).__name__}")
+        self.prediction = check_prediction(prediction)
+        if prediction == "eps" and schedule.alphas_cumprod[-1] == 0.0:
+            raise DDPMCheckError("eps-prediction is undefined on a zero-terminal-SNR schedule: at t = T, "
+                                 "x_0 = (x_T - eps)/sqrt(abar_T) divides by 0; predict v instead")
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise DDPMCheckError(f"dtype must be a floating torch dtype, got {dtype!r}")
         self.schedule = schedule
@@ -48,7 +74,7 @@ class GaussianDiffusion:
         self.dtype = dtype
         arrays = dict(schedule.arrays())
         # Derived in float64 before the single cast to dtype.
-        arrays["eps_coef"] = schedule.betas / schedule.sqrt_one_minus_alphas_cumprod  # eq. 11
+        arrays["eps_coef"] = schedule.betas / schedule.sqrt_one_minus_alphas_cumprod  # eq. 11 (1 at a zero-SNR t = T)
         std = np.sqrt(schedule.posterior_variance)
         std[0] = 0.0  # no noise at the last reverse step (index 0, paper t = 1)
         arrays["posterior_std"] = std
@@ -97,12 +123,12 @@ class GaussianDiffusion:
         if x.ndim < 1:
             raise DDPMCheckError(f"{name} must be a floating torch.Tensor of shape [N, ...], got a 0-d tensor")
 
-    @staticmethod
-    def _check_eps(eps: Any, x_t: torch.Tensor) -> None:
-        """DDPMCheckError unless the model's output eps is a tensor with x_t's shape (no broadcasting)."""
-        if not isinstance(eps, torch.Tensor) or eps.shape != x_t.shape:
-            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
-            raise DDPMCheckError(f"the model must return eps with the shape of x_t {tuple(x_t.shape)}, got {got}")
+    def _check_output(self, out: Any, x_t: torch.Tensor) -> None:
+        """DDPMCheckError unless the model's output is a tensor with x_t's shape (no broadcasting)."""
+        if not isinstance(out, torch.Tensor) or out.shape != x_t.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise DDPMCheckError(f"the model must return its {self.prediction} prediction with the shape of x_t "
+                                 f"{tuple(x_t.shape)}, got {got}")
 
     @staticmethod
     def _check_shape(shape: Any) -> tuple[int, ...]:
@@ -165,26 +191,67 @@ class GaussianDiffusion:
         return (x_t - self._extract(self.sqrt_one_minus_alphas_cumprod, t, nd) * eps) / self._extract(
             self.sqrt_alphas_cumprod, t, nd)
 
+    def predict_eps_from_x0(self, x_t: torch.Tensor, t: Any, x_0: torch.Tensor) -> torch.Tensor:
+        """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t), eq. 4 solved for eps.
+
+        Shapes: x_t, x_0 [N, ...], t [N] -> [N, ...].
+        """
+        self._check_same_shape(x_t=x_t, x_0=x_0)
+        t = self._check_t(t, x_t)
+        nd = x_t.ndim
+        return (x_t - self._extract(self.sqrt_alphas_cumprod, t, nd) * x_0) / self._extract(
+            self.sqrt_one_minus_alphas_cumprod, t, nd)
+
+    def get_velocity(self, x_0: torch.Tensor, noise: torch.Tensor, t: Any) -> torch.Tensor:
+        """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022; diffusers' name).
+
+        Shapes: x_0, noise [N, ...], t [N] -> [N, ...].
+        """
+        self._check_same_shape(x_0=x_0, noise=noise)
+        t = self._check_t(t, x_0)
+        nd = x_0.ndim
+        return (self._extract(self.sqrt_alphas_cumprod, t, nd) * noise
+                - self._extract(self.sqrt_one_minus_alphas_cumprod, t, nd) * x_0)
+
+    def split_prediction(self, x_t: torch.Tensor, t: Any, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A model output read as this diffusion's ``prediction`` -> (x0_hat, eps_hat).
+
+        eps: x0_hat = (x_t - sqrt(1 - abar) eps)/sqrt(abar); x0: eps_hat = (x_t - sqrt(abar) x0)/sqrt(1 - abar);
+        v: x0_hat = sqrt(abar) x_t - sqrt(1 - abar) v and eps_hat = sqrt(abar) v + sqrt(1 - abar) x_t
+        (derivation ``parametrizations``; the v-forms hold at abar = 0, where x0_hat = -v and eps_hat = x_t).
+        Shapes: x_t, out [N, ...], t [N] -> two [N, ...].
+        """
+        self._check_output(out, x_t)
+        t = self._check_t(t, x_t)
+        nd = x_t.ndim
+        sab = self._extract(self.sqrt_alphas_cumprod, t, nd)
+        s1m = self._extract(self.sqrt_one_minus_alphas_cumprod, t, nd)
+        if self.prediction == "eps":
+            return (x_t - s1m * out) / sab, out
+        if self.prediction == "x0":
+            return out, (x_t - sab * out) / s1m
+        return sab * x_t - s1m * out, sab * out + s1m * x_t
+
     # ---- reverse process ----------------------------------------------------------------------
     def p_mean_variance(self, model: Model, x_t: torch.Tensor, t: Any, clip_denoised: bool = False
                         ) -> dict[str, torch.Tensor]:
         """p_theta(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I) with sigma_t^2 = beta_tilde_t.
 
-        mu_theta = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) / sqrt(alpha_t)   (Ho et al. eq. 11).
+        eps-prediction: mu_theta = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) / sqrt(alpha_t)
+        (Ho et al. eq. 11).  x0- and v-prediction: mu_theta = mu_tilde_t(x_t, x0_hat), the posterior
+        mean (eq. 7) at the predicted x_0 (which eq. 11 equals for eps-prediction).
         With ``clip_denoised`` the predicted x_0 is clipped to [-1, 1] and the mean is the posterior
         mean mu_tilde_t(x_t, clip(x_0)) (eq. 7) instead; without clipping the two are equal.
-        Shapes: x_t [N, ...], t [N] -> dict of mean, variance, log_variance, pred_x0, eps, all [N, ...].
+        Shapes: x_t [N, ...], t [N] -> dict of mean, variance, log_variance, pred_x0, eps, all [N, ...]
+        (eps is the predicted noise, converted from the model's output when it predicts x0 or v).
         """
         t = self._check_t(t, x_t)
-        eps = model(x_t, t)
-        if not isinstance(eps, torch.Tensor) or eps.shape != x_t.shape:
-            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
-            raise DDPMCheckError(f"the model must return eps with the shape of x_t {tuple(x_t.shape)}, got {got}")
+        out = model(x_t, t)
+        pred_x0, eps = self.split_prediction(x_t, t, out)
         nd = x_t.ndim
-        pred_x0 = (x_t - self._extract(self.sqrt_one_minus_alphas_cumprod, t, nd) * eps) / self._extract(
-            self.sqrt_alphas_cumprod, t, nd)
-        if clip_denoised:
-            pred_x0 = pred_x0.clamp(-1.0, 1.0)
+        if clip_denoised or self.prediction != "eps":
+            if clip_denoised:
+                pred_x0 = pred_x0.clamp(-1.0, 1.0)
             mean = (self._extract(self.posterior_mean_coef1, t, nd) * pred_x0
                     + self._extract(self.posterior_mean_coef2, t, nd) * x_t)
         else:
@@ -201,9 +268,11 @@ class GaussianDiffusion:
                  noise: torch.Tensor | None = None) -> torch.Tensor:
         """One reverse step: x_{t-1} = mu_theta(x_t, t) + sigma_t z, z ~ N(0, I)   (Ho et al. Alg. 2, eq. 11).
 
-        sigma_t^2 = beta_tilde_t.  No noise is added exactly where t == 0 (paper t = 1), per batch
-        element, so one batch may mix timesteps (the source's ``if t == 0`` cannot).  ``noise`` (like
-        x_t) replaces the draw from ``generator``.  Shapes: x_t [N, ...], t [N] -> [N, ...].
+        sigma_t^2 = beta_tilde_t; mu_theta as in :meth:`p_mean_variance` (eq. 11 for eps-prediction,
+        the posterior mean at x0_hat for x0- and v-prediction).  No noise is added exactly where
+        t == 0 (paper t = 1), per batch element, so one batch may mix timesteps (the source's
+        ``if t == 0`` cannot).  ``noise`` (like x_t) replaces the draw from ``generator``.
+        Shapes: x_t [N, ...], t [N] -> [N, ...].
         """
         self._check_x(x_t, "x_t")
         t = self._check_t(t, x_t)
@@ -211,12 +280,24 @@ class GaussianDiffusion:
             noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
         else:
             self._check_same_shape(x_t=x_t, noise=noise)
-        eps = model(x_t, t)
-        self._check_eps(eps, x_t)
+        out = model(x_t, t)
+        self._check_output(out, x_t)
         nd = x_t.ndim
-        mean = self._extract(self.sqrt_recip_alphas, t, nd) * (x_t - self._extract(self.eps_coef, t, nd) * eps)
+        mean = self._step_mean(x_t, out, lambda name: self._extract(getattr(self, name), t, nd))
         # posterior_std[0] is exactly 0, so elements with t == 0 get mean + 0 * z = mean.
         return mean + self._extract(self.posterior_std, t, nd) * noise
+
+    def _step_mean(self, x: torch.Tensor, out: torch.Tensor, coef: Callable[[str], torch.Tensor]) -> torch.Tensor:
+        """mu_theta(x_t, t) from the model output, each coefficient array fetched as ``coef(name)``
+        (already gathered at t and shaped to broadcast against x).  A new tensor; x is not modified."""
+        if self.prediction == "eps":
+            mean = torch.addcmul(x, out, coef("eps_coef"), value=-1.0)  # x_t - beta_t/sqrt(1-ab_t) eps
+            return mean.mul_(coef("sqrt_recip_alphas"))  # eq. 11
+        if self.prediction == "x0":
+            x0 = out
+        else:  # v: x0_hat = sqrt(ab_t) x_t - sqrt(1 - ab_t) v, defined at ab_T = 0 too
+            x0 = coef("sqrt_alphas_cumprod") * x - coef("sqrt_one_minus_alphas_cumprod") * out
+        return torch.addcmul(coef("posterior_mean_coef1") * x0, x, coef("posterior_mean_coef2"))  # eq. 7
 
     def _start(self, shape: tuple[int, ...], generator: torch.Generator | None, x_T: Any) -> torch.Tensor:
         """A sampling loop's x_T: ``x_T`` checked against ``shape``, or a draw from ``generator``."""
@@ -278,11 +359,10 @@ class GaussianDiffusion:
             if keep is not None and i in keep:
                 captured[i] = x  # never modified in place: each step makes a new x
             t = steps[i].expand(n)  # [N] view of one stored index: no allocation, never mutated
-            eps = model(x, t)
-            self._check_eps(eps, x)  # shape metadata only: no device sync
+            out = model(x, t)
+            self._check_output(out, x)  # shape metadata only: no device sync
             # Every element has step i: 0-d coefficient views broadcast without a gather.
-            x_new = torch.addcmul(x, eps, self.eps_coef[i].reshape(view), value=-1.0)  # x_t - beta_t/sqrt(1-ab_t) eps
-            x_new.mul_(self.sqrt_recip_alphas[i])  # eq. 11
+            x_new = self._step_mean(x, out, lambda name: getattr(self, name)[i].reshape(view))
             if i > 0:  # a Python int: no device sync; index 0 adds no noise
                 noise.normal_(generator=generator)
                 x_new.addcmul_(noise, self.posterior_std[i].reshape(view))  # + sigma_t z
@@ -303,10 +383,9 @@ class GaussianDiffusion:
         """
         view = (1,) * (x.ndim - 1)
         t = i_dev.expand(x.shape[0])  # [N]
-        eps = model(x, t)
-        self._check_eps(eps, x)  # host-side metadata: nothing is recorded in a CUDA graph
-        x_new = torch.addcmul(x, eps, self.eps_coef.index_select(0, i_dev).reshape(view), value=-1.0)
-        x_new.mul_(self.sqrt_recip_alphas.index_select(0, i_dev).reshape(()))  # eq. 11
+        out = model(x, t)
+        self._check_output(out, x)  # host-side metadata: nothing is recorded in a CUDA graph
+        x_new = self._step_mean(x, out, lambda name: getattr(self, name).index_select(0, i_dev).reshape(view))
         x_new.addcmul_(noise, self.posterior_std.index_select(0, i_dev).reshape(view))  # + sigma_t z
         x.copy_(x_new)
 
@@ -361,7 +440,8 @@ class GaussianDiffusion:
         abar_prev the next visit's (1 after the last):
         x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_theta + sigma z,
         x0_hat = (x_t - sqrt(1 - abar) eps_theta)/sqrt(abar), sigma = eta sqrt((1 - abar_prev)/(1 - abar))
-        sqrt(1 - abar/abar_prev) (derivation ``ddim``).  Noise is drawn only at visits with
+        sqrt(1 - abar/abar_prev) (derivation ``ddim``); x0- and v-prediction give x0_hat and
+        eps_theta by :meth:`split_prediction`'s conversions.  Noise is drawn only at visits with
         sigma > 0, in the order of ``p_sample_loop``'s draws, so with S = T and eta = 1 the two
         loops give the same x_0 from the same generator (to rounding).
 
@@ -394,9 +474,11 @@ class GaussianDiffusion:
         n = shape[0]
         # every visit's coefficients and index on the device once, derived in float64 before the
         # cast: the loop only takes 0-d views (no host-to-device copy per step)
-        coef = torch.as_tensor(np.stack([np.sqrt(1.0 - p.alpha_bar), 1.0 / np.sqrt(p.alpha_bar),
-                                         np.sqrt(p.alpha_bar_prev), p.direction_coef, p.sigma])
-                               ).to(self.device, self.dtype)
+        with np.errstate(divide="ignore"):  # 1/sqrt(abar) = inf at a zero-SNR t = T, read by eps-prediction only
+            coef = torch.as_tensor(np.stack([np.sqrt(1.0 - p.alpha_bar), 1.0 / np.sqrt(p.alpha_bar),
+                                             np.sqrt(p.alpha_bar_prev), p.direction_coef, p.sigma,
+                                             np.sqrt(p.alpha_bar), 1.0 / np.sqrt(1.0 - p.alpha_bar)])
+                                   ).to(self.device, self.dtype)
         steps = torch.as_tensor(p.timesteps, dtype=torch.long).to(self.device)
         captured: dict[int, torch.Tensor] = {}
         noise = torch.empty(shape, dtype=self.dtype, device=self.device)
@@ -404,10 +486,15 @@ class GaussianDiffusion:
         for k, i in enumerate(p.timesteps.tolist()):
             if keep is not None and i in keep:
                 captured[i] = x
-            eps = model(x, steps[k].expand(n))
-            self._check_eps(eps, x)
-            sqrt_1m_ab, rsqrt_ab, sqrt_ab_prev, direction, sigma = coef[:, k]
-            x0_hat = (x - sqrt_1m_ab * eps) * rsqrt_ab  # Song eq. 9
+            out = model(x, steps[k].expand(n))
+            self._check_output(out, x)
+            sqrt_1m_ab, rsqrt_ab, sqrt_ab_prev, direction, sigma, sqrt_ab, rsqrt_1m_ab = coef[:, k]
+            if self.prediction == "eps":
+                eps, x0_hat = out, (x - sqrt_1m_ab * out) * rsqrt_ab  # Song eq. 9
+            elif self.prediction == "x0":
+                eps, x0_hat = (x - sqrt_ab * out) * rsqrt_1m_ab, out
+            else:  # v (derivation ``parametrizations``), defined at abar = 0
+                eps, x0_hat = sqrt_ab * out + sqrt_1m_ab * x, sqrt_ab * x - sqrt_1m_ab * out
             x_new = x0_hat * sqrt_ab_prev + eps * direction  # eq. 12
             if p.sigma[k] > 0.0:  # a host float64: no device sync
                 noise.normal_(generator=generator)
@@ -422,12 +509,14 @@ class GaussianDiffusion:
     # ---- training objective -------------------------------------------------------------------
     def loss(self, model: Model, x_0: torch.Tensor, t: Any = None, noise: torch.Tensor | None = None,
              kind: str = "l2", generator: torch.Generator | None = None, reduction: str = "mean") -> torch.Tensor:
-        """L_simple = E_{t, x_0, eps} || eps - eps_theta(sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps, t) ||^2   (Ho et al. eq. 14).
+        """L_simple = E_{t, x_0, eps} || target - model(sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps, t) ||^2   (Ho et al. eq. 14).
 
-        kind "l2": the squared error (eq. 14), averaged over all elements (eq. 14 divided by the
-        dimension D); kind "l1": the source's mean absolute error.  t defaults to uniform steps
-        0..T-1, noise to N(0, I), both drawn from ``generator``.  reduction "mean" -> scalar,
-        "none" -> [N] (the per-example mean over the non-batch dims).
+        The target is what the diffusion's ``prediction`` names: eps (eq. 14 itself), x_0, or
+        v = sqrt(ab_t) eps - sqrt(1 - ab_t) x_0, each unweighted (derivation ``parametrizations``
+        gives the weights that relate the three).  kind "l2": the squared error, averaged over all
+        elements (eq. 14 divided by the dimension D); kind "l1": the source's mean absolute error.
+        t defaults to uniform steps 0..T-1, noise to N(0, I), both drawn from ``generator``.
+        reduction "mean" -> scalar, "none" -> [N] (the per-example mean over the non-batch dims).
         """
         if kind not in LOSS_KINDS:
             raise DDPMCheckError(f"unknown loss kind {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
@@ -443,11 +532,15 @@ class GaussianDiffusion:
         if noise is None:
             noise = torch.randn(x_0.shape, generator=generator, dtype=x_0.dtype, device=x_0.device)
         x_t = self.q_sample(x_0, t, noise=noise)
-        eps = model(x_t, t)
-        if not isinstance(eps, torch.Tensor) or eps.shape != x_0.shape:
-            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
-            raise DDPMCheckError(f"the model must return eps with the shape of x_0 {tuple(x_0.shape)}, got {got}")
-        err = (eps - noise).abs() if kind == "l1" else (eps - noise).square()
+        out = model(x_t, t)
+        self._check_output(out, x_0)
+        if self.prediction == "eps":
+            target = noise
+        elif self.prediction == "x0":
+            target = x_0
+        else:
+            target = self.get_velocity(x_0, noise, t)
+        err = (out - target).abs() if kind == "l1" else (out - target).square()
         if reduction == "none":
             return err.reshape(n, -1).mean(dim=1)
         return err.mean()

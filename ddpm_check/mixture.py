@@ -96,15 +96,8 @@ class GaussianMixture:
         return cdf
 
     # ---- the exact denoiser ---------------------------------------------------------------
-    def eps_posterior_mean(self, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-        """E[eps | x_t] for x_t at noise level alpha_bar (see the module docstring).
-
-        Args:
-            x_t: [N, D] (any float dtype; computed in float64).
-            alpha_bar: [N] or a scalar, alpha_bar_t for each row.
-        Returns:
-            [N, D] in the dtype of x_t.
-        """
+    def _responsibilities(self, x_t: torch.Tensor, alpha_bar: torch.Tensor):
+        """(x [N, D] float64, abar [N, 1], r_k(x_t) [N, K], v_k [N, K], means [K, D], s_k^2 [K])."""
         x = x_t.to(torch.float64)
         n = x.shape[0]
         ab = torch.as_tensor(alpha_bar, dtype=torch.float64, device=x.device).reshape(-1)
@@ -116,16 +109,36 @@ class GaussianMixture:
         logw = torch.log(torch.as_tensor(self.weights, device=x.device))  # [K]
         v = ab * s2[None, :] + (1.0 - ab)  # [N, K]
         # squared distance ||x - sqrt(ab) m_k||^2 without forming [N, K, D]
-        sab = ab.sqrt()
-        d2 = (x * x).sum(1, keepdim=True) - 2 * sab * (x @ means.T) + ab * (means * means).sum(1)[None, :]
+        d2 = (x * x).sum(1, keepdim=True) - 2 * ab.sqrt() * (x @ means.T) + ab * (means * means).sum(1)[None, :]
         d2 = d2.clamp_min(0.0)
         logr = logw[None, :] - 0.5 * self.dim * torch.log(v) - 0.5 * d2 / v  # [N, K]
-        r = torch.softmax(logr, dim=1)  # [N, K]
+        return x, ab, torch.softmax(logr, dim=1), v, means, s2
+
+    def eps_posterior_mean(self, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """E[eps | x_t] for x_t at noise level alpha_bar (see the module docstring).
+
+        Args:
+            x_t: [N, D] (any float dtype; computed in float64).
+            alpha_bar: [N] or a scalar, alpha_bar_t for each row.
+        Returns:
+            [N, D] in the dtype of x_t.
+        """
+        x, ab, r, v, means, _ = self._responsibilities(x_t, alpha_bar)
         # sum_k r_k (x - sqrt(ab) m_k) / v_k = x * sum_k r_k/v_k - sqrt(ab) * sum_k (r_k/v_k) m_k
         rv = r / v  # [N, K]
-        e = x * rv.sum(1, keepdim=True) - sab * (rv @ means)
+        e = x * rv.sum(1, keepdim=True) - ab.sqrt() * (rv @ means)
         e = (1.0 - ab).sqrt() * e
         return e.to(x_t.dtype)
+
+    def x0_posterior_mean(self, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """E[x_0 | x_t] = sum_k r_k (m_k + sqrt(abar) s_k^2 (x_t - sqrt(abar) m_k) / v_k), computed
+        directly (not from E[eps | x_t], which would divide by sqrt(abar)), so abar = 0 gives the
+        data mean.  Shapes as :meth:`eps_posterior_mean`."""
+        x, ab, r, v, means, s2 = self._responsibilities(x_t, alpha_bar)
+        sab = ab.sqrt()
+        rsv = r * s2[None, :] / v  # [N, K]
+        m = r @ means + sab * (x * rsv.sum(1, keepdim=True) - sab * (rsv @ means))
+        return m.to(x_t.dtype)
 
     def eps_predictor(self, alphas_cumprod) -> "ExactEpsPredictor":
         """A model-like callable ``f(x_t, t) -> E[eps | x_t]`` for a schedule.
@@ -135,18 +148,36 @@ class GaussianMixture:
         """
         return ExactEpsPredictor(self, alphas_cumprod)
 
+    def predictor(self, alphas_cumprod, prediction: str = "eps") -> "ExactEpsPredictor":
+        """The Bayes-optimal model of a parametrization: E[eps | x_t], E[x_0 | x_t] or
+        E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x_0 | x_t] (``prediction`` "eps",
+        "x0" or "v"), called like :meth:`eps_predictor`'s."""
+        return ExactEpsPredictor(self, alphas_cumprod, prediction)
+
 
 class ExactEpsPredictor:
-    """The Bayes-optimal noise predictor of a GaussianMixture, called like a model."""
+    """The Bayes-optimal predictor of a GaussianMixture, called like a model: of eps by default,
+    of x_0 or v with ``prediction`` (the minimiser of the squared error on each target)."""
 
-    def __init__(self, mixture: GaussianMixture, alphas_cumprod) -> None:
+    def __init__(self, mixture: GaussianMixture, alphas_cumprod, prediction: str = "eps") -> None:
+        if prediction not in ("eps", "x0", "v"):
+            raise DDPMCheckError(f"unknown prediction {prediction!r}; choose one of eps, x0, v")
         self.mixture = mixture
         self.alphas_cumprod = torch.as_tensor(np.array(alphas_cumprod, dtype=np.float64))
+        self.prediction = prediction
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         shape = x_t.shape
         ab = self.alphas_cumprod.to(x_t.device)[t.long()]
-        out = self.mixture.eps_posterior_mean(x_t.reshape(shape[0], -1), ab)
+        flat = x_t.reshape(shape[0], -1)
+        if self.prediction == "eps":
+            out = self.mixture.eps_posterior_mean(flat, ab)
+        elif self.prediction == "x0":
+            out = self.mixture.x0_posterior_mean(flat, ab)
+        else:
+            a = ab.to(torch.float64).reshape(-1, 1)
+            out = (a.sqrt() * self.mixture.eps_posterior_mean(flat, ab).to(torch.float64)
+                   - (1.0 - a).sqrt() * self.mixture.x0_posterior_mean(flat, ab).to(torch.float64)).to(x_t.dtype)
         return out.reshape(shape)
 
 

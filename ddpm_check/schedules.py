@@ -178,7 +178,9 @@ def zero_snr_betas(betas: Any) -> np.ndarray:
 # ---- config -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """Which beta schedule: kind "linear" (beta_start..beta_end), "cosine", or "custom" (betas).
+    """Which beta schedule: kind "linear" (beta_start..beta_end), "cosine", or "custom" (betas);
+    with ``zero_snr`` those betas rescaled to zero terminal SNR (``zero_snr_betas``: abar_T = 0,
+    beta_T = 1; for x0- and v-prediction only, see ``ddpm_check.diffusion``).
 
     Validated on construction (so ``from_dict`` validates too); bad values raise DDPMCheckError.
     For kind "custom", ``betas`` is required and T must equal len(betas).
@@ -189,6 +191,7 @@ class ScheduleConfig:
     beta_start: float = defaults.BETA_START
     beta_end: float = defaults.BETA_END
     betas: tuple[float, ...] | None = None
+    zero_snr: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -206,6 +209,11 @@ class ScheduleConfig:
             raise DDPMCheckError(
                 f"betas are only used with kind 'custom', got kind {self.kind!r} with betas given"
             )
+        if not isinstance(self.zero_snr, (bool, np.bool_)):
+            raise DDPMCheckError(f"zero_snr must be true or false, got {self.zero_snr!r}")
+        object.__setattr__(self, "zero_snr", bool(self.zero_snr))
+        if self.zero_snr and T < 2:
+            raise DDPMCheckError(f"zero terminal SNR needs T >= 2 (abar_1 > abar_T), got T = {T}")
         object.__setattr__(self, "beta_start", float(self.beta_start))
         object.__setattr__(self, "beta_end", float(self.beta_end))
 
@@ -217,15 +225,17 @@ class ScheduleConfig:
             "beta_start": self.beta_start,
             "beta_end": self.beta_end,
             "betas": None if self.betas is None else list(self.betas),
+            "zero_snr": self.zero_snr,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ScheduleConfig":
         if not isinstance(d, dict):
             raise DDPMCheckError(f"schedule config must be a JSON object, got {type(d).__name__}")
-        unknown = set(d) - {"kind", "T", "beta_start", "beta_end", "betas"}
+        unknown = set(d) - {"kind", "T", "beta_start", "beta_end", "betas", "zero_snr"}
         if unknown:
-            raise DDPMCheckError(f"unknown schedule config keys {sorted(unknown)}; allowed: kind, T, beta_start, beta_end, betas")
+            raise DDPMCheckError(f"unknown schedule config keys {sorted(unknown)}; "
+                                 "allowed: kind, T, beta_start, beta_end, betas, zero_snr")
         betas = d.get("betas")
         kw = dict(d)
         if betas is not None:
@@ -234,7 +244,8 @@ class ScheduleConfig:
 
     @classmethod
     def from_options(cls, kind: str | None = None, T: int | None = None, beta_start: float | None = None,
-                     beta_end: float | None = None, *, kind_flag: str = "--schedule") -> "ScheduleConfig":
+                     beta_end: float | None = None, *, kind_flag: str = "--schedule",
+                     zero_snr: bool = False) -> "ScheduleConfig":
         """The schedule asked for by command-line options (the one parser of train's, check's and
         schedule's options); an option left None takes the default (the source's schedule).
 
@@ -247,17 +258,26 @@ class ScheduleConfig:
         betas = {name: v for name, v in (("beta_start", beta_start), ("beta_end", beta_end)) if v is not None}
         if k != "linear" and betas:
             raise DDPMCheckError(f"--beta-start/--beta-end apply to the linear schedule only, not {k!r}")
-        return cls(kind=k, T=defaults.T if T is None else T, **betas)
+        return cls(kind=k, T=defaults.T if T is None else T, zero_snr=zero_snr, **betas)
 
     def make_betas(self) -> np.ndarray:
+        """The betas [T] this config names (rescaled when ``zero_snr``; then beta_T = 1)."""
         if self.kind == "linear":
-            return linear_betas(self.T, self.beta_start, self.beta_end)
-        if self.kind == "cosine":
-            return cosine_betas(self.T)
-        return np.array(self.betas, dtype=np.float64)
+            b = linear_betas(self.T, self.beta_start, self.beta_end)
+        elif self.kind == "cosine":
+            b = cosine_betas(self.T)
+        else:
+            b = np.array(self.betas, dtype=np.float64)
+        return zero_snr_betas(b) if self.zero_snr else b
 
 
 # ---- the schedule -----------------------------------------------------------------------------
+def _recip_sqrt(a: np.ndarray) -> np.ndarray:
+    """1/sqrt(a), inf where a = 0 (alpha_T of a zero-SNR schedule) without numpy's warning."""
+    with np.errstate(divide="ignore"):
+        return 1.0 / np.sqrt(a)
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=np.float64)
     a.setflags(write=False)
@@ -304,9 +324,15 @@ class Schedule:
 
     @classmethod
     def _build(cls, config: ScheduleConfig, betas: np.ndarray) -> "Schedule":
-        b = _check_betas(betas, config.T)
+        if config.zero_snr:  # beta_T = 1 exactly (zero_snr_betas); the betas before it as any schedule's
+            b = np.concatenate([_check_betas(betas[:-1], config.T - 1), [1.0]]) if betas[-1] == 1.0 else \
+                _check_betas(betas, config.T)
+        else:
+            b = _check_betas(betas, config.T)
         alphas = 1.0 - b                                                  # alpha_t
         acp = np.cumprod(alphas)                                          # alpha_bar_t     (eq. 4)
+        if config.zero_snr:
+            acp[-1] = 0.0  # exactly, not the rounding of a product with alpha_T = 0
         acp_prev = np.concatenate(([1.0], acp[:-1]))                      # alpha_bar_{t-1}
         one_minus_acp = 1.0 - acp
         pv = b * (1.0 - acp_prev) / one_minus_acp                         # beta_tilde_t    (eq. 7)
@@ -322,7 +348,7 @@ class Schedule:
             alphas=_readonly(alphas),
             alphas_cumprod=_readonly(acp),
             alphas_cumprod_prev=_readonly(acp_prev),
-            sqrt_recip_alphas=_readonly(1.0 / np.sqrt(alphas)),
+            sqrt_recip_alphas=_readonly(_recip_sqrt(alphas)),
             sqrt_alphas_cumprod=_readonly(np.sqrt(acp)),
             sqrt_one_minus_alphas_cumprod=_readonly(np.sqrt(one_minus_acp)),
             posterior_variance=_readonly(pv),
