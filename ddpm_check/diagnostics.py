@@ -123,10 +123,12 @@ def parse_specs(specs: Iterable[str]) -> list[ScheduleConfig]:
 
 
 def label(config: ScheduleConfig) -> str:
-    """A short name: ``linear T=300 (1e-4..0.02)`` or ``cosine T=1000``."""
+    """A short name: ``linear T=300 (1e-4..0.02)`` or ``cosine T=1000``, ``, zero-SNR`` added for
+    a rescaled one."""
+    z = ", zero-SNR" if config.zero_snr else ""
     if config.kind == "linear":
-        return f"linear T={config.T} ({config.beta_start:g}..{config.beta_end:g})"
-    return f"{config.kind} T={config.T}"
+        return f"linear T={config.T} ({config.beta_start:g}..{config.beta_end:g}){z}"
+    return f"{config.kind} T={config.T}{z}"
 
 
 def spec_string(config: ScheduleConfig) -> str:

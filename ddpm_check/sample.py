@@ -83,9 +83,10 @@ class Sampler:
 
 
 def sampler_from_modules(ema: SimpleUnet, schedule: Schedule, data_cfg: DataConfig, device: torch.device,
-                         step: int = 0, loss_history: list[float] | None = None) -> Sampler:
-    return Sampler(ema.eval(), GaussianDiffusion(schedule, device=device), ema.config, schedule.config,
-                   data_cfg, step, list(loss_history or []), device)
+                         step: int = 0, loss_history: list[float] | None = None, prediction: str = "eps") -> Sampler:
+    """A Sampler of a network that predicts ``prediction`` ("eps", "x0" or "v") on ``schedule``."""
+    return Sampler(ema.eval(), GaussianDiffusion(schedule, device=device, prediction=prediction), ema.config,
+                   schedule.config, data_cfg, step, list(loss_history or []), device)
 
 
 def load_sampler(path: str | Path, device: str = "auto") -> Sampler:
@@ -104,7 +105,11 @@ def load_sampler(path: str | Path, device: str = "auto") -> Sampler:
     model = model.to(dev, memory_format=torch.channels_last).eval()  # the fast conv layout, CPU too
     sched = Schedule.from_config(cfgs["schedule"])
     hist = tensors["loss_history"].tolist() if "loss_history" in tensors else []
-    s = sampler_from_modules(model, sched, cfgs["data"], dev, int(meta.get("step", 0)), hist)
+    try:
+        s = sampler_from_modules(model, sched, cfgs["data"], dev, int(meta.get("step", 0)), hist,
+                                 prediction=cfgs["train"].prediction)
+    except DDPMCheckError as exc:  # eps-prediction on a zero-SNR schedule
+        raise DDPMCheckError(f"checkpoint {str(path)!r}: {exc}") from None
     s.path = ckpt.resolve(path)
     return s
 

@@ -57,7 +57,7 @@ import torch
 from ddpm_check import checkpoint as ckpt
 from ddpm_check import defaults
 from ddpm_check.data import DataConfig, ImageData, load_data
-from ddpm_check.diffusion import LOSS_KINDS, GaussianDiffusion
+from ddpm_check.diffusion import LOSS_KINDS, GaussianDiffusion, check_prediction
 from ddpm_check.errors import DDPMCheckError, check_seed, first_line
 from ddpm_check.schedules import Schedule, ScheduleConfig
 from ddpm_check.unet import SimpleUnet, UNetConfig
@@ -73,6 +73,9 @@ class TrainConfig:
     ema_decay: float = 0.999
     loss: str = "l2"
     seed: int = 0
+    #: what the network predicts: "eps" (Ho et al.), "x0" or "v" (ddpm_check.diffusion); checkpoints
+    #: written before it existed predict eps
+    prediction: str = "eps"
 
     def __post_init__(self) -> None:
         def _int(v):
@@ -91,6 +94,7 @@ class TrainConfig:
             raise DDPMCheckError(f"EMA decay must be in [0, 1), got {self.ema_decay!r}")
         if self.loss not in LOSS_KINDS:
             raise DDPMCheckError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_KINDS)}")
+        check_prediction(self.prediction)
         check_seed(self.seed)
         # plain Python numbers from here on (numpy's are not JSON: the final save failed on them)
         for k, cast in (("steps", int), ("batch_size", int), ("seed", int), ("lr", float), ("ema_decay", float)):
@@ -145,13 +149,21 @@ def configs_from_options(*, small: bool = False, data: str | None = None, flip: 
                          timesteps: int | None = None, schedule: str | None = None, beta_start: float | None = None,
                          beta_end: float | None = None, loss: str | None = None, steps: int | None = None,
                          batch_size: int | None = None, lr: float | None = None, ema_decay: float | None = None,
+                         prediction: str | None = None, zero_snr: bool = False,
                          seed: int = 0) -> tuple[UNetConfig, ScheduleConfig, DataConfig, TrainConfig]:
     """The configurations of a new run from `train`'s options: the preset ("small" with
     ``small``, "full" with ``model="full"``, else "default") with every option given (not None)
     in its place.  Bad values raise DDPMCheckError naming the option, before anything is built
-    (sizes are held to the checkpoint limits first, so a huge T allocates nothing)."""
+    (sizes are held to the checkpoint limits first, so a huge T allocates nothing).
+    ``zero_snr`` (the rescaled schedule, abar_T = 0) needs ``prediction="v"``: eps-prediction is
+    undefined at t = T there, and Lin et al. train v."""
     if model is not None and model not in MODEL_SIZES:
         raise DDPMCheckError(f"unknown --model {model!r}; choose one of {', '.join(MODEL_SIZES)}")
+    if prediction is not None:
+        check_prediction(prediction, "--prediction")
+    if zero_snr and prediction != "v":
+        raise DDPMCheckError(f"--zero-snr needs --prediction v (got {prediction or 'eps'}): with abar_T = 0, "
+                             "eps-prediction cannot give x_0 at t = T")
     preset = PRESETS["small" if small else ("full" if model == "full" else "default")]
     given = dict(data=data, image_size=image_size, model=model, timesteps=timesteps, schedule=schedule,
                  loss=loss, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay)
@@ -159,7 +171,8 @@ def configs_from_options(*, small: bool = False, data: str | None = None, flip: 
     # the sizes a checkpoint may have, checked before the schedule (T floats) is built
     ckpt.check_limits({"schedule": {"T": cfg["timesteps"]}, "data": {"image_size": cfg["image_size"]},
                        "train": {"batch_size": cfg["batch_size"]}}, "training configuration")
-    sched_cfg = ScheduleConfig.from_options(cfg["schedule"], cfg["timesteps"], beta_start, beta_end)
+    sched_cfg = ScheduleConfig.from_options(cfg["schedule"], cfg["timesteps"], beta_start, beta_end,
+                                            zero_snr=zero_snr)
     data_cfg = DataConfig.parse(cfg["data"], image_size=cfg["image_size"], channels=channels, seed=seed, flip=flip)
     if channels_list is not None:
         model_cfg = UNetConfig(image_channels=data_cfg.channels, down_channels=UNetConfig.parse_channels(channels_list))
@@ -169,7 +182,8 @@ def configs_from_options(*, small: bool = False, data: str | None = None, flip: 
         model_cfg = UNetConfig.small(image_channels=data_cfg.channels)
     model_cfg.check_image_size(data_cfg.image_size)
     train_cfg = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                            ema_decay=cfg["ema_decay"], loss=cfg["loss"], seed=seed)
+                            ema_decay=cfg["ema_decay"], loss=cfg["loss"], seed=seed,
+                            prediction=prediction or "eps")
     return model_cfg, sched_cfg, data_cfg, train_cfg
 
 
@@ -441,7 +455,8 @@ class Trainer:
         self.model_cfg, self.schedule_cfg, self.data_cfg, self.train_cfg = model_cfg, schedule_cfg, data_cfg, train_cfg
         self.dtype = dtype
         self.schedule = Schedule.from_config(schedule_cfg)
-        self.diffusion = GaussianDiffusion(self.schedule, device=self.device, dtype=dtype)
+        self.diffusion = GaussianDiffusion(self.schedule, device=self.device, dtype=dtype,
+                                           prediction=train_cfg.prediction)
         self.data = data if data is not None else load_data(data_cfg)
         want = (data_cfg.channels, data_cfg.image_size, data_cfg.image_size)
         if tuple(self.data.images.shape[1:]) != want:  # the checkpoint would describe other images

@@ -64,16 +64,23 @@ def command(
 
 
 def sampler_summary(sampler, ddim) -> dict:
-    """The sampler a run used, for --json: Algorithm 2 over T steps, or the DDIM configuration."""
+    """The sampler a run used, for --json: Algorithm 2 over T steps, or the DDIM configuration,
+    with what the network predicts (eps, x0 or v) and whether the schedule is zero-SNR."""
+    d = sampler.diffusion
+    model = {"prediction": d.prediction, "zero_snr": bool(d.schedule.config.zero_snr)}
     if ddim is None:
-        return {"sampler": "ddpm", "steps": sampler.diffusion.T}
-    return ddim.to_dict()
+        return {"sampler": "ddpm", "steps": d.T, **model}
+    return {**ddim.to_dict(), **model}
 
 
 def sampler_line(s: dict) -> str:
     if s["sampler"] == "ddpm":
-        return f"DDPM, all {s['steps']} steps"
-    return f"DDIM, {s['steps']} steps, eta {s['eta']:g}, {s['spacing']} spacing"
+        line = f"DDPM, all {s['steps']} steps"
+    else:
+        line = f"DDIM, {s['steps']} steps, eta {s['eta']:g}, {s['spacing']} spacing"
+    if s.get("prediction", "eps") != "eps":
+        line += f", {s['prediction']}-prediction"
+    return line + (", zero-SNR schedule" if s.get("zero_snr") else "")
 
 
 def sample_pictures(sampler, n_images: int, n_grid: int, strip_rows: int, seed: int, out, con, quiet: bool,

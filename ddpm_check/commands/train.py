@@ -30,7 +30,9 @@ def command(
     schedule: Annotated[Optional[str], typer.Option(help=f"Beta schedule: linear ({defaults.BETA_START:g} .. {defaults.BETA_END:g}, the source) or cosine.")] = None,
     beta_start: Annotated[Optional[float], typer.Option(help=f"First beta of the linear schedule (default {defaults.BETA_START:g}).", show_default=False)] = None,
     beta_end: Annotated[Optional[float], typer.Option(help=f"Last beta of the linear schedule (default {defaults.BETA_END:g}).", show_default=False)] = None,
-    loss: Annotated[Optional[str], typer.Option(help="Loss on eps: l2 (Ho et al. eq. 14, default) or l1 (the source's code).")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="Loss on the prediction: l2 (Ho et al. eq. 14, default) or l1 (the source's code).")] = None,
+    prediction: Annotated[Optional[str], typer.Option(help="What the network predicts: eps (Ho et al., default), x0, or v = sqrt(abar) eps - sqrt(1 - abar) x_0 (derive parametrizations).", show_default=False)] = None,
+    zero_snr: Annotated[bool, typer.Option("--zero-snr", help="Rescale the schedule to zero terminal SNR (abar_T = 0, Lin et al.; schedule --zero-snr shows it); needs --prediction v.")] = False,
     steps: Annotated[Optional[int], typer.Option(help="Total optimiser steps (with --resume: the new total).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
@@ -76,7 +78,8 @@ def command(
     # with --resume the checkpoint's settings hold: options that would change them are reported
     settings = {"--small": small or None, "--data": data, "--flip/--no-flip": flip, "--image-size": image_size, "--channels": channels,
                 "--model": model, "--channels-list": channels_list, "-T": timesteps, "--schedule": schedule,
-                "--beta-start": beta_start, "--beta-end": beta_end, "--loss": loss, "--batch-size": batch_size,
+                "--beta-start": beta_start, "--beta-end": beta_end, "--loss": loss, "--prediction": prediction,
+                "--zero-snr": zero_snr or None, "--batch-size": batch_size,
                 "--lr": lr, "--ema-decay": ema_decay, "--seed": seed or None}
     ignored = [k for k, v in settings.items() if v is not None] if resume is not None else []
     dev = T.resolve_device(device)
@@ -89,7 +92,8 @@ def command(
         configs = T.configs_from_options(
             small=small, data=data, flip=flip, image_size=image_size, channels=channels, model=model,
             channels_list=channels_list, timesteps=timesteps, schedule=schedule, beta_start=beta_start,
-            beta_end=beta_end, loss=loss, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed)
+            beta_end=beta_end, loss=loss, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
+            prediction=prediction, zero_snr=zero_snr, seed=seed)
         out_dir = Path(out) if out is not None else Path("runs") / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
     # the folder is this run's until it ends: made, locked against a second run, proven writable and
     # free of another run's files before the model is built (rank 0 alone writes under torchrun)
@@ -124,8 +128,9 @@ def _train(trainer, out_dir: Path, con, *, t_start: float, resumed: bool, ignore
         con.print(
             f"training SimpleUnet {list(trainer.model_cfg.down_channels)} ({n_params:,} params) on "
             f"{d.kind}{' ' + esc(d.path) if d.path else ''} {d.channels}x{d.image_size}x{d.image_size} "
-            f"({len(trainer.data)} images), T={trainer.schedule.T} {trainer.schedule_cfg.kind}, "
-            f"{trainer.train_cfg.loss}, batch {trainer.train_cfg.batch_size}, lr {trainer.train_cfg.lr}, "
+            f"({len(trainer.data)} images), T={trainer.schedule.T} {trainer.schedule_cfg.kind}"
+            f"{' zero-SNR' if trainer.schedule_cfg.zero_snr else ''}, {trainer.train_cfg.loss} on "
+            f"{trainer.train_cfg.prediction}, batch {trainer.train_cfg.batch_size}, lr {trainer.train_cfg.lr}, "
             f"EMA {trainer.train_cfg.ema_decay}, device {trainer.device.type}"
             + (f", {trainer.dist.world_size} processes (DDP)" if trainer.dist.enabled else "")
             + (", torch.compile" if compile_ else "")
@@ -162,14 +167,14 @@ def _train(trainer, out_dir: Path, con, *, t_start: float, resumed: bool, ignore
     compile_fallback_line(con, as_json, compile_, trainer.compile_error, "trained")
 
     sampler = sampler_from_modules(trainer.ema, trainer.schedule, trainer.data_cfg, trainer.device,
-                                   trainer.step, trainer.loss_history)
+                                   trainer.step, trainer.loss_history, prediction=trainer.train_cfg.prediction)
     from ddpm_check.metrics import score_refusal
 
     refusal = score_refusal(trainer.data_cfg) if eval_n >= 2 else None
     scored = eval_n >= 2 and refusal is None
     n_draw = max(n_samples, eval_n if scored else 0, 1)
     x, grid, strip = sample_pictures(sampler, n_draw, max(n_samples, 1), min(4, n_draw), seed, out_dir, con, as_json)
-    loss_png = save_loss_curve(trainer.loss_history, out_dir / "loss.png", label=f"{trainer.train_cfg.loss} loss on eps")
+    loss_png = save_loss_curve(trainer.loss_history, out_dir / "loss.png", label=f"{trainer.train_cfg.loss} loss on {trainer.train_cfg.prediction}")
     score = None
     if scored and not count_non_finite(x[:eval_n]):  # NaN samples: said above, not scored
         from ddpm_check.metrics import evaluate_digits

@@ -75,7 +75,8 @@ def test_sample_and_evaluate_with_ddim(trained, tmp_path, clean_error):
                             "--eta", "0.5", "--spacing", "linspace", "--npy", "--out", str(tmp_path / "d"), "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["sampler"] == {"sampler": "ddim", "steps": 5, "eta": 0.5, "spacing": "linspace"}
+    assert doc["sampler"] == {"sampler": "ddim", "steps": 5, "eta": 0.5, "spacing": "linspace", "prediction": "eps",
+                              "zero_snr": False}
     s = load_sampler(out, device="cpu")
     assert torch.equal(torch.from_numpy(np.load(doc["npy"])), sample(s, 3, seed=0, ddim=DDIMConfig(5, 0.5, "linspace")))
     r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "2", "--out", str(tmp_path / "p"), "--json"])

@@ -73,6 +73,10 @@ def test_resume_to_fewer_steps_than_done_is_refused_before_training(trained):
         (["--device", "tpu"], ["tpu"]),
         (["--ema-decay", "1.5"], ["1.5"]),
         (["--channels-list", "8,x"], ["8,x"]),
+        (["--prediction", "epsilon"], ["--prediction", "'epsilon'", "eps, x0, v"]),
+        (["--zero-snr"], ["--zero-snr needs --prediction v", "got eps"]),
+        (["--zero-snr", "--prediction", "x0"], ["--zero-snr needs --prediction v", "got x0"]),
+        (["--zero-snr", "--prediction", "v", "-T", "1"], ["T >= 2", "T = 1"]),
     ],
 )
 def test_train_bad_values(tmp_path, args, words, clean_error):
@@ -139,3 +143,36 @@ def test_two_runs_into_one_folder_the_second_is_refused(tmp_path):
     assert json.loads(stdout)["step"] == 400
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["seed"] == 1 and config["step"] == 400  # the first run's, whole
+
+
+def test_train_v_prediction_on_a_zero_snr_schedule_trains_samples_and_resumes(tmp_path):
+    out = tmp_path / "v"
+    r = runner.invoke(app, ["train", *QUICK, "--prediction", "v", "--zero-snr", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["non_finite_samples"] == 0 and summary["metric"] is not None
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["prediction"] == "v" and cfg["schedule"]["zero_snr"] is True
+    for args in ([], ["--sampler", "ddim", "--steps", "5", "--eta", "1"]):
+        r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "6", "--out", str(tmp_path / "s"),
+                                "--json", *args])
+        assert r.exit_code == 0, r.output
+        s = json.loads(r.stdout)
+        assert s["sampler"]["prediction"] == "v" and s["sampler"]["zero_snr"] is True
+        assert s["non_finite_samples"] == 0
+    r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "2", "--out", str(tmp_path / "h")])
+    assert r.exit_code == 0 and "v-prediction, zero-SNR schedule" in r.output, r.output
+    r = runner.invoke(app, ["train", "--resume", str(out), "--steps", "7", "--eval-n", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["train"]["prediction"] == "v"
+
+
+def test_a_checkpoint_claiming_eps_on_a_zero_snr_schedule_is_refused(trained, tmp_path, clean_error):
+    from ddpm_check import checkpoint as ckpt
+
+    out, _ = trained
+    tensors, meta = ckpt.load(out / "checkpoint.safetensors")
+    meta["schedule"]["zero_snr"] = True  # eps-prediction on abar_T = 0: undefined at t = T
+    bad = ckpt.save(tmp_path / "bad.safetensors", tensors, meta)
+    r = runner.invoke(app, ["sample", "--checkpoint", str(bad), "-n", "2", "--out", str(tmp_path / "s")])
+    clean_error(r, "bad.safetensors", "eps-prediction is undefined on a zero-terminal-SNR schedule")
