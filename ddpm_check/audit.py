@@ -115,7 +115,7 @@ def _rng(name: str, seed: int) -> np.random.Generator:
 
 def _sched_key(s: Schedule) -> tuple:
     c = s.config
-    return (c.kind, c.T, c.beta_start, c.beta_end, None if c.betas is None else hash(c.betas))
+    return (c.kind, c.T, c.beta_start, c.beta_end, None if c.betas is None else hash(c.betas), c.zero_snr)
 
 
 _CHECK_CACHE: dict[tuple, Any] = {}
@@ -1093,6 +1093,101 @@ def claim_terminal_prior(T: int = 300, kind: str = "linear", sampler: bool = Tru
 
 
 # =============================================================================================
+# 12b. the same start with zero terminal SNR and v-prediction (Lin et al. 2024)
+# =============================================================================================
+def _sampler_group(res, group: str) -> dict[str, Any]:
+    """The sampler check's rows of one configuration: worst KS, threshold, DKWM bound, n, alpha, role."""
+    rows = [r for r in res.rows if r.group == group]
+    if not rows:
+        raise DDPMCheckError(f"the sampler check has no configuration {group!r}; it has "
+                             + ", ".join(sorted({r.group for r in res.rows})))
+    n, alpha = rows[0].n, rows[0].alpha
+    return {"group": group, "role": rows[0].role, "n": n, "alpha": alpha, "projections": len(rows),
+            "max_ks": max(float(r.statistic) for r in rows),
+            "dkwm_threshold": stats.dkwm_epsilon(n, alpha),
+            "row_threshold": min(float(r.threshold) for r in rows),
+            "note": rows[0].note}
+
+
+def claim_zero_snr_start(seed: int = stats.DEFAULT_ROOT_SEED, variant: str | None = None,
+                         fix_group: str | None = None) -> Claim:
+    """Rescaling the source's schedule to zero terminal SNR (alpha_bar_T = 0, Lin et al. 2024) and
+    predicting v removes the start mismatch of claim terminal-prior.
+
+    Evidence: the toolkit's sampler check at its defaults (exact denoiser, float64), three of its
+    configurations: T = 300 eps-prediction from N(0, I) (the source), T = 300 zero-SNR
+    v-prediction from N(0, I) (the fix: q(x_T) = N(0, I) there), and T = 300 from the exact q(x_T)
+    (the reference).  Holds when the fix's worst KS distance over the 4 projections is within its
+    DKWM threshold (TV allowance 0), as the exact start's is; a caveat otherwise.  ``variant``
+    (a sampler-check variant, e.g. v_wrong_sign) and ``fix_group`` (another configuration read as
+    the fix) exist for the tests: a wrong fix must turn the verdict.
+    """
+    from ddpm_check.montecarlo import sampler as SM
+
+    t0 = time.perf_counter()
+    seed = _check_seed(seed)
+    evidence: dict[str, Any] = {}
+    lines: list[str] = []
+    res = run_toolkit_check("sampler", variant=variant, seed=seed)
+    fix_group = SM.ZERO_SNR_GROUP if fix_group is None else fix_group
+    ks = {"source": _sampler_group(res, SM.SOURCE_GROUP), "zero_snr_v": _sampler_group(res, fix_group),
+          "exact_start": _sampler_group(res, SM.EXACT_START_GROUP)}
+    src_sched, zs_sched = source_schedule(300), Schedule.from_config(ScheduleConfig(T=300, zero_snr=True))
+    mix = SM.sampler_mixture()
+    tv_source = SM.start_mismatch_tv(mix, float(src_sched.alphas_cumprod[-1]))
+    within = {k: v["max_ks"] <= v["dkwm_threshold"] for k, v in ks.items()}
+    evidence.update({
+        "schedules": {"source": {"alpha_bar_T": float(src_sched.alphas_cumprod[-1]), "beta_T": float(src_sched.betas[-1]),
+                                 "tv_start": tv_source},
+                      "zero_snr": {"alpha_bar_T": float(zs_sched.alphas_cumprod[-1]), "beta_T": float(zs_sched.betas[-1]),
+                                   "alpha_bar_1_unchanged": bool(zs_sched.alphas_cumprod[0] == src_sched.alphas_cumprod[0]),
+                                   "tv_start": 0.0}},
+        "sampler_check": {"data": f"2-D mixture, means {mix.means.tolist()}", "variant": variant, "ks": ks,
+                          "within_dkwm": within},
+    })
+    lines.append(f"zero-SNR rescale of linear T=300: alpha_bar_T = {zs_sched.alphas_cumprod[-1]:g} (source "
+                 f"{src_sched.alphas_cumprod[-1]:.4g}), beta_T = {zs_sched.betas[-1]:g}, alpha_bar_1 unchanged; "
+                 f"TV(q(x_T), N(0,I)) = 0 (source, sampler data: {tv_source:.4f})")
+    n = ks["zero_snr_v"]["n"]
+    lines.append(f"sampler check, exact denoiser, n = {n}: max KS over 4 projections vs the data law, against "
+                 f"the DKWM threshold (alpha {ks['zero_snr_v']['alpha']:.2g} per test)")
+    names = {"source": "T=300 eps-prediction from N(0,I) (source)",
+             "zero_snr_v": "T=300 zero-SNR v-prediction from N(0,I)",
+             "exact_start": "T=300 eps-prediction from the exact q(x_T)"}
+    if fix_group != SM.ZERO_SNR_GROUP:
+        names["zero_snr_v"] = f"in place of the zero-SNR run: {fix_group}"
+    for k, label in names.items():
+        v = ks[k]
+        lines.append(f"{label}: KS {v['max_ks']:.4f} {'<=' if within[k] else '>'} {v['dkwm_threshold']:.4f} "
+                     f"({v['role']})")
+    _cite_check(evidence, lines, "sampler", seed, variant=variant)
+    a, b, c = ks["source"], ks["zero_snr_v"], ks["exact_start"]
+    src = (f"from N(0, I) the source's T = 300 is off by KS {a['max_ks']:.3f} > {a['dkwm_threshold']:.3f}"
+           if not within["source"] else
+           f"the source's T = 300 from N(0, I) is within the threshold here (KS {a['max_ks']:.3f})")
+    if within["zero_snr_v"] and within["exact_start"]:
+        verdict = HOLDS
+        expl = (f"With an exact denoiser, {src}; rescaled to zero terminal SNR and sampled with v-prediction "
+                f"from N(0, I), which is then q(x_T) exactly, it is within the DKWM threshold "
+                f"(KS {b['max_ks']:.3f} <= {b['dkwm_threshold']:.3f}), as the exact start q(x_T) is "
+                f"({c['max_ks']:.3f}): the start mismatch disappears. eps-prediction cannot be used there "
+                f"(x_0 = (x_T - eps)/sqrt(alpha_bar_T) divides by 0 at t = T).")
+    elif not within["exact_start"]:
+        verdict = CAVEAT
+        expl = (f"The reference run from the exact q(x_T) is itself off (KS {c['max_ks']:.3f} > "
+                f"{c['dkwm_threshold']:.3f}), so the sampler check cannot show whether the zero-SNR fix removes "
+                f"the start mismatch (zero-SNR run: KS {b['max_ks']:.3f}).")
+    else:
+        verdict = CAVEAT
+        expl = (f"With an exact denoiser, {src}, and the zero-SNR run as computed is off too "
+                f"(KS {b['max_ks']:.3f} > {b['dkwm_threshold']:.3f}, against {c['max_ks']:.3f} from the exact "
+                f"q(x_T)): the mismatch does not disappear as run.")
+    return _claim("zero-snr-start", "zero terminal SNR + v-prediction removes the start mismatch",
+                  "T = 300, linear betas, sampling from torch.randn; Lin et al. 2024: rescale to alpha_bar_T = 0, "
+                  "predict v", verdict, evidence, lines, expl, t0)
+
+
+# =============================================================================================
 # 13. sample_plot_image's subplot index
 # =============================================================================================
 def source_subplot_indices(T: int, num_images: int = 10) -> list[tuple[int, int]]:
@@ -1184,6 +1279,7 @@ CLAIMS: dict[str, ClaimSpec] = {
     "embedding-order": ClaimSpec("embedding-order", lambda n, s: claim_embedding_order(seed=s)),
     "positional-formula": ClaimSpec("positional-formula", lambda n, s: claim_positional_formula()),
     "terminal-prior": ClaimSpec("terminal-prior", lambda n, s: claim_terminal_prior(seed=s)),
+    "zero-snr-start": ClaimSpec("zero-snr-start", lambda n, s: claim_zero_snr_start(seed=s)),
     "sample-plot-index": ClaimSpec("sample-plot-index", lambda n, s: claim_sample_plot()),
 }
 CLAIM_IDS: tuple[str, ...] = tuple(CLAIMS)
@@ -1233,5 +1329,5 @@ __all__ = [
     "audit_mixture", "claim_forward_step", "claim_alpha_to_zero", "claim_gaussian_merge", "claim_closed_form",
     "claim_alpha_bar_recursion", "claim_posterior", "claim_sampling_step", "claim_training_loss",
     "claim_t_equals_zero", "claim_embedding_order", "claim_positional_formula", "claim_terminal_prior",
-    "claim_sample_plot", "run_toolkit_check",
+    "claim_zero_snr_start", "claim_sample_plot", "run_toolkit_check",
 ]

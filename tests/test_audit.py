@@ -4,7 +4,8 @@ Each claim function runs on the source's input (its verdict as the source stands
 corrected or deliberately wrong input (the opposite verdict).  The numbers it reports are
 compared with values computed here independently (explicit products, quadrature, closed forms).
 The toolkit's Monte Carlo checks that the claims cite are exercised by tests/cli/test_audit.py
-(a full audit); here ``checks=False`` keeps the tests fast.
+(a full audit); here ``checks=False`` keeps the tests fast, except for zero-snr-start, whose
+evidence is the sampler check itself (run here at its defaults and with a wrong variant).
 """
 
 from __future__ import annotations
@@ -265,6 +266,60 @@ def test_terminal_prior_caveat_at_T300_gone_at_T1000():
         0.5 * (ab / 3 - ab - math.log1p(-ab)), rel=1e-10)
     assert A.claim_terminal_prior(T=1000, sampler=False).verdict == A.HOLDS
     assert A.claim_terminal_prior(T=300, kind="cosine", sampler=False).verdict == A.HOLDS
+
+
+# ---- 12b. zero terminal SNR + v-prediction -------------------------------------------------------------
+def test_zero_snr_start_holds_and_its_numbers_are_the_sampler_checks():
+    from ddpm_check import montecarlo as mc
+    from ddpm_check.montecarlo import sampler as SM
+
+    c = A.claim_zero_snr_start()
+    assert c.verdict == A.HOLDS, c.explanation
+    ks = c.evidence["sampler_check"]["ks"]
+    # the numbers are those of the sampler check at its defaults, run here afresh
+    res = mc.run_check("sampler")
+    for key, group in (("source", SM.SOURCE_GROUP), ("zero_snr_v", SM.ZERO_SNR_GROUP),
+                       ("exact_start", SM.EXACT_START_GROUP)):
+        rows = [r for r in res.rows if r.group == group]
+        assert ks[key]["max_ks"] == max(r.statistic for r in rows)
+        assert ks[key]["n"] == rows[0].n == res.samples
+        assert ks[key]["dkwm_threshold"] == pytest.approx(stats_dkwm(rows[0].n, rows[0].alpha), rel=1e-14)
+    assert ks["zero_snr_v"]["role"] == "test" and ks["zero_snr_v"]["row_threshold"] == ks["zero_snr_v"]["dkwm_threshold"]
+    assert ks["source"]["role"] == "diagnostic"
+    # the mismatch is there for the source and gone for the fix
+    assert ks["source"]["max_ks"] > 2 * ks["source"]["dkwm_threshold"]
+    assert ks["zero_snr_v"]["max_ks"] <= ks["zero_snr_v"]["dkwm_threshold"]
+    assert c.evidence["schedules"]["zero_snr"]["alpha_bar_T"] == 0.0 and c.evidence["schedules"]["zero_snr"]["beta_T"] == 1.0
+    assert c.evidence["schedules"]["source"]["tv_start"] == pytest.approx(
+        SM.start_mismatch_tv(SM.sampler_mixture(), math.prod(linear_alphas(300))), rel=1e-9)
+    assert c.evidence["toolkit_check"]["failed"] == 0
+    assert any("zero-SNR v-prediction from N(0,I): KS" in line and "<=" in line for line in c.lines)
+
+
+def stats_dkwm(n, alpha):
+    return math.sqrt(math.log(2 / alpha) / (2 * n))
+
+
+def test_zero_snr_start_turns_to_a_caveat_when_the_fix_is_wrong():
+    from ddpm_check.montecarlo import sampler as SM
+
+    # v read with the wrong sign in x0_hat (a real run of the sampler check's variant)
+    bad = A.claim_zero_snr_start(variant="v_wrong_sign")
+    assert bad.verdict == A.CAVEAT and "does not disappear" in bad.explanation
+    assert bad.evidence["sampler_check"]["ks"]["zero_snr_v"]["max_ks"] > 0.5
+    assert bad.evidence["toolkit_check"]["failed"] > 0
+    # the eps-form run on the unrescaled schedule (the source) or T = 50 read in place of the fix
+    for group in (SM.SOURCE_GROUP, "linear T=50, x_T~N(0,I)"):
+        c = A.claim_zero_snr_start(fix_group=group)
+        assert c.verdict == A.CAVEAT, group
+        assert any(f"in place of the zero-SNR run: {group}" in line for line in c.lines)
+    with pytest.raises(DDPMCheckError, match="no configuration"):
+        A.claim_zero_snr_start(fix_group="linear T=7, x_T~N(0,I)")
+
+
+def test_zero_snr_start_is_registered_after_terminal_prior():
+    ids = list(A.CLAIM_IDS)
+    assert ids.index("zero-snr-start") == ids.index("terminal-prior") + 1
 
 
 # ---- 13. the subplot index ---------------------------------------------------------------------------

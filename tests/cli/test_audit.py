@@ -30,6 +30,7 @@ EXPECTED = {
     "embedding-order": "holds",
     "positional-formula": "caveat",
     "terminal-prior": "caveat",
+    "zero-snr-start": "holds",
     "sample-plot-index": "caveat",
 }
 
@@ -44,7 +45,7 @@ def audit_json():
 def test_every_claim_has_its_verdict(audit_json):
     claims = {c["id"]: c for c in audit_json["claims"]}
     assert {k: c["verdict"] for k, c in claims.items()} == EXPECTED
-    assert audit_json["summary"] == {"holds": 6, "erratum": 3, "caveat": 4}
+    assert audit_json["summary"] == {"holds": 7, "erratum": 3, "caveat": 4}
     for c in claims.values():
         assert c["source"] and c["lines"] and c["explanation"]
 
@@ -79,7 +80,7 @@ def test_text_output(audit_json):
         assert word in out
     assert "Boolean value of Tensor with more than one value is ambiguous" in out
     assert "sqrt(alpha_bar_T) = 0.2192" in out
-    assert "13 claims: 6 hold, 3 errata, 4 caveats" in out
+    assert "14 claims: 7 hold, 3 errata, 4 caveats" in out
     assert "source: x_t = sqrt(alpha_{t-1}) x_{t-1}" in out
 
 
