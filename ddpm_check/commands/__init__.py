@@ -23,6 +23,8 @@ COMMANDS: Registry[Entry] = Registry("command", (
           "ddpm_check.commands.evaluate"),
     Entry("check", "Verify the derived formulas by Monte Carlo against the torch DDPM; exit 1 if a check fails.",
           "ddpm_check.commands.check"),
+    Entry("verify", "Verify any DDPM implementation (ours, the source's, your file) against the derivations; exit 1 if it fails.",
+          "ddpm_check.commands.verify"),
     Entry("schedule", "Diagnose beta schedules: how much of x_0 is left in x_T, and what the prior term costs.",
           "ddpm_check.commands.schedule"),
     Entry("audit", "Audit the source derivation: each claim with a verdict (holds / erratum / caveat).",

@@ -21,7 +21,7 @@ def command(
     only: Annotated[Optional[str], typer.Option(help="Comma-separated claim ids to audit (default: all). Ids: "
                                                     "forward-step-index, alpha-to-zero, gaussian-merge, closed-form, "
                                                     "alpha-bar-recursion, posterior, sampling-step, training-loss, "
-                                                    "if-t-equals-0, embedding-order, positional-formula, terminal-prior, "
+                                                    "if-t-equals-0, embedding-order, positional-formula, terminal-prior, zero-snr-start, "
                                                     "sample-plot-index.", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the claims, verdicts and evidence as JSON.")] = False,
 ):

@@ -127,14 +127,14 @@ def fmt_num(v, digits: int = 4) -> str:
 VERDICT_STYLE = {"pass": "green", "FAIL": "bold red", "finding": "yellow", "info": "dim"}
 
 
-def table(results, full: bool):
+def table(results, full: bool, title: str = "Monte Carlo checks (pass: statistic <= threshold)"):
     """The checks' rows as one rich table (a section per check; grouped rows unless ``full``)."""
     from rich.markup import escape
     from rich.table import Table
 
     caption = None if full else ("a grouped row shows the worst of its group: (N) = N rows, all within the threshold; "
                                  "k/N = k of N rows rejected.  --full: every row.")
-    tab = Table(title="Monte Carlo checks (pass: statistic <= threshold)", title_justify="left",
+    tab = Table(title=title, title_justify="left",
                 caption=caption, caption_justify="left", show_lines=False, pad_edge=False)
     for col, just in (("check", "left"), ("quantity", "left"), ("expected", "right"),
                       ("estimate", "right"), ("SE", "right"), ("statistic", "right"),
@@ -156,9 +156,9 @@ def table(results, full: bool):
     return tab
 
 
-def render(con, results, full: bool) -> None:
+def render(con, results, full: bool, title: str | None = None) -> None:
     """The table, then one line per check (verdict, tests, alpha, seed, time) and its notes."""
-    con.print(table(results, full))
+    con.print(table(results, full) if title is None else table(results, full, title))
     for r in results:
         style = "green" if r.passed else "bold red"
         tests = r.tests

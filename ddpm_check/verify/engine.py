@@ -1,0 +1,569 @@
+"""The verification engine: each capability a target provides gets its rows (see :mod:`ddpm_check.verify`).
+
+Expected values come from the sympy results (``derivations.numeric``: ``marginal``, ``mean-eps``,
+``posterior``) and the schedule definitions (``derivations.schedule_definitions``), evaluated in
+float64 on the target's own betas; nothing is retyped here.  Exact rows compare up to a budget of
+units of roundoff of the lowest precision involved (the inputs fed, the arrays the target stores);
+statistical rows share the family-wise false-failure level ``stats.ALPHA_FW`` among the rows
+actually run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ddpm_check import stats
+from ddpm_check.montecarlo.context import CheckContext
+from ddpm_check.montecarlo.results import ROLE_DIAGNOSTIC, CheckResult
+from ddpm_check.verify.targets import CAPABILITIES, Target, TargetError
+
+#: budgets of the exact rows, in units of roundoff of the precision involved
+BUDGET = {"schedule": 8.0, "forward": 16.0, "step": 64.0}
+#: a stored sqrt(1 - alpha_bar_t) (or any coefficient) may be off by this much, relatively, and pass
+#: (float32 storage is 6e-4 off at t = 1 with beta_1 = 1e-4; float16 loses the step altogether)
+COEF_REL_TOL = 1e-2
+#: pixels per image in the step rows (8 x 8), and images per t in the forward and loss rows
+STEP_SHAPE = (1, 8, 8)
+FORWARD_PER_T = 8
+DEFAULT_SAMPLES = 16_384  # values per t in the step rows' variance tests
+SAMPLER_SHAPE = (32, 1, 8, 8)
+
+
+def unit_roundoff(dtype: str) -> float:
+    """u of a dtype name ("float32", "torch.float16", "float64", ints: float64's)."""
+    name = str(dtype).replace("torch.", "")
+    if name in ("float16", "half"):
+        return 2.0**-11
+    if name in ("bfloat16",):
+        return 2.0**-8
+    if name in ("float32", "float"):
+        return 2.0**-24
+    return 2.0**-53
+
+
+@dataclass
+class Reference:
+    """The float64 schedule the target is held to, from its own betas (or alphas_cumprod)."""
+
+    betas: np.ndarray
+    alphas: np.ndarray
+    alphas_cumprod: np.ndarray
+    alphas_cumprod_prev: np.ndarray
+
+    @classmethod
+    def of(cls, tgt: Target) -> "Reference":
+        if tgt.betas is not None:
+            b = np.asarray(tgt.betas, dtype=np.float64)
+            a = 1.0 - b
+            ab = np.cumprod(a)
+        else:
+            ab = np.asarray(tgt.alphas_cumprod, dtype=np.float64)
+            prev = np.concatenate([[1.0], ab[:-1]])
+            a = ab / prev
+            b = 1.0 - a
+        return cls(b, a, ab, np.concatenate([[1.0], ab[:-1]]))
+
+    def inputs(self, i) -> dict[str, Any]:
+        return {"alpha_t": self.alphas[i], "beta_t": self.betas[i], "alpha_bar_t": self.alphas_cumprod[i],
+                "alpha_bar_tm1": self.alphas_cumprod_prev[i]}
+
+
+@dataclass
+class VerifyReport:
+    """The sections run (one CheckResult each), the capabilities not provided, and the target."""
+
+    target: str
+    results: list[CheckResult]
+    not_provided: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    runtime_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def alpha_spent(self) -> float:
+        return math.fsum(r.alpha_spent for r in self.results)
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "passed": self.passed, "alpha_fw": stats.ALPHA_FW,
+                "alpha_spent": self.alpha_spent, "not_provided": self.not_provided, "skipped": self.skipped,
+                "notes": self.notes, "runtime_s": round(self.runtime_s, 3),
+                "sections": [r.to_dict() for r in self.results]}
+
+
+# ---- rows -----------------------------------------------------------------------------------------
+def _exact(ctx: CheckContext, quantity: str, where: str, source: str, actual, expected, scale, u: float,
+           budget: float, note: str = "", group: str = "", role: str = "test") -> None:
+    """An exact row: worst |actual - expected| in units of u * scale, against ``budget``."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    s = np.broadcast_to(np.asarray(scale, dtype=np.float64), np.broadcast_shapes(a.shape, e.shape))
+    err = np.abs(a - e)
+    if not np.all(np.isfinite(err)):
+        stat = math.inf
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(err == 0, 0.0, err / (u * s))
+        stat = float(np.max(ratio)) if ratio.size else 0.0
+    worst = float(np.max(np.where(np.isfinite(err), err, np.inf))) if err.size else 0.0
+    out = stats.TestOutcome("exact", worst, 0.0, None, stat, float(budget), 0.0,
+                            float(budget * u * float(np.max(s))) if s.size else 0.0, int(a.size))
+    ctx.add(quantity, where, source, out, role=role, note=note, group=group or quantity)
+
+
+def _failed_call(ctx: CheckContext, quantity: str, where: str, exc: TargetError, group: str = "") -> None:
+    """A row that fails because the target's method failed; its note is the target's message."""
+    out = stats.TestOutcome("exact", math.inf, 0.0, None, math.inf, 0.0, 0.0, 0.0, 0)
+    ctx.add(quantity, where, "target", out, note=str(exc), group=group or quantity)
+
+
+def _tensor(tgt: Target, method: str, value: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    """A method's output as a CPU tensor of ``shape``, or TargetError naming what it returned."""
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor):
+        raise TargetError(f"{tgt.label}.{method} returned {type(value).__name__}, not a tensor of shape {list(shape)}")
+    if tuple(value.shape) != tuple(shape):
+        raise TargetError(f"{tgt.label}.{method} returned shape {list(value.shape)}, expected {list(shape)}")
+    value = value.detach().to("cpu")
+    if not torch.isfinite(value).all():
+        bad = int((~torch.isfinite(value)).sum())
+        raise TargetError(f"{tgt.label}.{method} returned {bad} non-finite values (NaN or inf)")
+    return value
+
+
+def _t_arg(tgt: Target, i: torch.Tensor) -> torch.Tensor:
+    return i + tgt.timestep_base
+
+
+def _input_dtype(tgt: Target) -> torch.dtype:
+    return torch.float32
+
+
+def _u_of(tgt: Target, *extra: str) -> float:
+    return max([unit_roundoff("float32"), *(unit_roundoff(d) for d in tgt.dtypes.values()),
+                *(unit_roundoff(d) for d in extra)])
+
+
+# ---- sections -------------------------------------------------------------------------------------
+def _schedule(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
+    from derivations import schedule_definitions as SD
+
+    T = ref.betas.size
+    if tgt.betas is not None and tgt.alphas_cumprod is not None:
+        u = max(unit_roundoff(tgt.dtypes["betas"]), unit_roundoff(tgt.dtypes["alphas_cumprod"]))
+        ab = tgt.alphas_cumprod
+        # a cumulative product of T factors rounds by up to ~T u relatively
+        _exact(ctx, "alphas_cumprod = cumprod(1 - betas)", f"t=1..{T}", "target arrays", ab, ref.alphas_cumprod,
+               np.abs(ref.alphas_cumprod) * np.arange(1, T + 1), u, BUDGET["schedule"],
+               note=f"stored as {tgt.dtypes['alphas_cumprod']}", group="alphas_cumprod")
+    claim = tgt.schedule_claim
+    if claim is not None:
+        u = unit_roundoff(tgt.dtypes.get("betas", "float64"))
+        if claim["kind"] == "linear":
+            want = SD.linear_betas(T, claim["beta_start"], claim["beta_end"])
+            what = f"linear {claim['beta_start']:g}..{claim['beta_end']:g}"
+        else:
+            want = SD.cosine_betas(T, claim.get("s", 0.008))
+            what = f"cosine s={claim.get('s', 0.008):g}"
+        if tgt.betas is None:  # compare alpha_bar instead
+            _exact(ctx, "alphas_cumprod = the claimed schedule's", f"{what}, t=1..{T}", "definition (sympy)",
+                   ref.alphas_cumprod, np.cumprod(1.0 - want), np.arange(1, T + 1) * np.abs(np.cumprod(1.0 - want)),
+                   u, BUDGET["schedule"], group="claimed schedule")
+        else:
+            _exact(ctx, "betas = the claimed schedule's", f"{what}, t=1..{T}", "definition (sympy)",
+                   ref.betas, want, np.maximum(np.abs(want), abs(want).max() * 1e-3), u, BUDGET["schedule"],
+                   group="claimed schedule")
+    # precision: the coefficients a step divides by, from the stored arrays, against float64
+    stored_dtype = tgt.dtypes.get("alphas_cumprod", tgt.dtypes.get("betas", "float64"))
+    if unit_roundoff(stored_dtype) > unit_roundoff("float64"):
+        dt = {"float32": np.float32, "float16": np.float16}.get(stored_dtype.replace("torch.", ""), np.float32)
+        ab_stored = (np.cumprod((1.0 - ref.betas.astype(dt)).astype(dt), dtype=dt).astype(np.float64)
+                     if tgt.alphas_cumprod is None else tgt.alphas_cumprod)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            got = np.sqrt(np.maximum(1.0 - ab_stored, 0.0))
+            want = np.sqrt(1.0 - ref.alphas_cumprod)
+            rel = np.abs(got - want) / want
+        ones = np.flatnonzero(ab_stored >= 1.0)
+        note = (f"stored as {stored_dtype}; worst at t={int(np.nanargmax(rel)) + 1}"
+                + (f"; alpha_bar rounds to 1 at t = {', '.join(str(int(i) + 1) for i in ones[:5])}"
+                   + (" ..." if ones.size > 5 else "") if ones.size else ""))
+        out = stats.TestOutcome("exact", float(np.nanmax(rel)), 0.0, None, float(np.nanmax(rel)), COEF_REL_TOL, 0.0,
+                                COEF_REL_TOL, int(T))
+        ctx.add("sqrt(1 - alpha_bar_t) from the stored arrays, relative error", f"t=1..{T}", "float64 from own betas",
+                out, note=note, group="precision")
+
+
+def _forward(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
+    fm = _formulas("marginal")
+    T = ref.betas.size
+    g = torch.Generator().manual_seed(ctx.seed)
+    dtype = _input_dtype(tgt)
+    i = torch.arange(T).repeat_interleave(FORWARD_PER_T)
+    n = i.numel()
+    shape = (n, *STEP_SHAPE)
+    x0 = torch.randn(shape, generator=g, dtype=torch.float64)
+    noise = torch.randn(shape, generator=g, dtype=torch.float64)
+    try:
+        if tgt.q_sample_draws_noise:
+            out = tgt.call("q_sample", x0.to(dtype), _t_arg(tgt, i))
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TargetError(f"{tgt.label}.q_sample(x_0, t) must return (x_t, noise)")
+            x_t, noise_t = out
+            noise = _tensor(tgt, "q_sample", noise_t, shape).to(torch.float64)
+        else:
+            x_t = tgt.call("q_sample", x0.to(dtype), _t_arg(tgt, i), noise.to(dtype))
+        x_t = _tensor(tgt, "q_sample", x_t, shape).to(torch.float64)
+    except TargetError as exc:
+        _failed_call(ctx, "q_sample(x_0, t, noise)", f"t=1..{T}", exc, group="q_sample")
+        return
+    x0 = x0.to(dtype).to(torch.float64)
+    noise = noise.to(dtype).to(torch.float64)
+    inp = ref.inputs(i.numpy())
+    a = np.asarray(fm["x_t_mean_coef"](**inp)).reshape(-1, 1, 1, 1)
+    b = np.sqrt(np.asarray(fm["x_t_variance"](**inp))).reshape(-1, 1, 1, 1)
+    want = a * x0.numpy() + b * noise.numpy()
+    ca, cb = _conditions(ref, i.numpy())
+    scale = np.abs(a * x0.numpy()) * ca + np.abs(b * noise.numpy()) * cb
+    u = _u_of(tgt)
+    xs = x_t.numpy()
+    for k in range(T):
+        sl = slice(k * FORWARD_PER_T, (k + 1) * FORWARD_PER_T)
+        _exact(ctx, "x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps  (eq. 4)", f"t={k + 1}",
+               "derivation marginal", xs[sl], want[sl], scale[sl], u, BUDGET["forward"],
+               note=_diagnose_forward(xs[sl], x0.numpy()[sl], noise.numpy()[sl], ref, k), group="q_sample")
+
+
+def _conditions(ref: Reference, ii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How many units of roundoff a target's own sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t) may be
+    off when it computes them in its precision: alpha_bar_t is a product of t factors (t u
+    relatively), and 1 - alpha_bar_t loses alpha_bar_t/(1 - alpha_bar_t) of that (e.g. t = 1 in
+    float32 with beta_1 = 1e-4: 6e-4 relatively).  Shapes [N, 1, 1, 1]."""
+    t = (ii + 1).astype(np.float64).reshape(-1, 1, 1, 1)
+    ab = ref.alphas_cumprod[ii].reshape(-1, 1, 1, 1)
+    return 1.0 + t / 2.0, 1.0 + t * ab / (2.0 * np.maximum(1.0 - ab, 1e-300))
+
+
+def _diagnose_forward(x_t, x0, noise, ref: Reference, k: int) -> str:
+    """For a failing t: the fitted (a, b) of x_t = a x_0 + b eps, and the known mistake it matches."""
+    A = np.stack([x0.reshape(-1), noise.reshape(-1)], axis=1)
+    (a, b), *_ = np.linalg.lstsq(A, x_t.reshape(-1), rcond=None)
+    ab = ref.alphas_cumprod
+    want_a, want_b = math.sqrt(ab[k]), math.sqrt(1 - ab[k])
+    if abs(a - want_a) <= 1e-4 * want_a + 1e-6 and abs(b - want_b) <= 1e-4 * want_b + 1e-6:
+        return ""
+    cands = {}
+    for d in (-1, 1):
+        if 0 <= k + d < ab.size:
+            cands[f"alpha_bar read at t={k + 1 + d} (one step off)"] = (math.sqrt(ab[k + d]), math.sqrt(1 - ab[k + d]))
+    cands["alpha_bar where sqrt(alpha_bar) belongs"] = (ab[k], math.sqrt(1 - ab[k]))
+    cands["1 - alpha_bar (the variance) where its sqrt belongs"] = (want_a, 1 - ab[k])
+    cands["alpha_t where alpha_bar_t belongs"] = (math.sqrt(ref.alphas[k]), math.sqrt(1 - ref.alphas[k]))
+    best = min(cands, key=lambda c: abs(cands[c][0] - a) + abs(cands[c][1] - b))
+    ca, cb = cands[best]
+    fit = f"fitted x_t = {a:.6g} x_0 + {b:.6g} eps, expected {want_a:.6g} and {want_b:.6g}"
+    if abs(ca - a) + abs(cb - b) <= 1e-3 * (abs(a) + abs(b)):
+        return f"{fit}: matches {best}"
+    return fit
+
+
+def _formulas(name: str) -> dict[str, Callable]:
+    import derivations
+
+    return {k: derivations.numeric(name, k) for k in dict(derivations.get(name).results)}
+
+
+def _step(ctx: CheckContext, tgt: Target, ref: Reference, samples: int) -> None:
+    fm, fp = _formulas("mean-eps"), _formulas("posterior")
+    T = ref.betas.size
+    per_t = max(1, -(-samples // int(np.prod(STEP_SHAPE))))
+    i = torch.arange(T).repeat_interleave(per_t)
+    n = i.numel()
+    shape = (n, *STEP_SHAPE)
+    dtype = _input_dtype(tgt)
+    g = torch.Generator().manual_seed(ctx.seed)
+    x_a = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    e_a = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    x_b = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    e_b = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    seed = int(torch.randint(0, 2**62, (1,), generator=g))
+    var_name = "beta" if tgt.variance == "beta" else "beta_tilde"
+    n_var = T - 1  # one variance row per t > 1, plus the pooled one
+    alpha = ctx.set_tests(n_var + 1)
+    dof_t = per_t * int(np.prod(STEP_SHAPE))
+    rel = stats.variance_detectable_ratio(dof_t, alpha)
+    ctx.notes.append(f"step: {dof_t} values per t; each t's variance row detects a relative error of {rel:.3g} "
+                     f"(power 0.999 at alpha {alpha:.2g}); the mean's coefficients are exact rows (two calls with "
+                     f"the same generator state differ by the mean alone)")
+
+    def run(x, e, mode: str):
+        """mode "mixed": one batch of every t; "per t": a batch per t (t of shape [N]); "scalar t":
+        a batch per t with t of shape [1] (the source's sample_timestep takes no more)."""
+        torch.manual_seed(seed)  # a target that draws from torch's global generator is reproducible too
+        gen = torch.Generator().manual_seed(seed)
+        if mode == "mixed":
+            return _tensor(tgt, "step", tgt.call("step", e, _t_arg(tgt, i), x, gen), shape).to(torch.float64)
+        outs = []
+        for k in range(T):
+            sl = slice(k * per_t, (k + 1) * per_t)
+            tk = _t_arg(tgt, i[sl] if mode == "per t" else i[k * per_t: k * per_t + 1])
+            outs.append(_tensor(tgt, "step", tgt.call("step", e[sl], tk, x[sl], gen), (per_t, *STEP_SHAPE)))
+        return torch.cat(outs).to(torch.float64)
+
+    mode = "mixed"
+    try:
+        out_a = run(x_a, e_a, mode)
+        _exact(ctx, "one step on a batch mixing every t", f"t=1..{T}", "target", 0.0, 0.0, 1.0, 1.0, 0.0,
+               group="mixed t")
+    except TargetError as exc:
+        _failed_call(ctx, "one step on a batch mixing every t (per element)", f"t=1..{T}", exc, group="mixed t")
+        for mode in ("per t", "scalar t"):
+            try:
+                out_a = run(x_a, e_a, mode)
+                break
+            except TargetError as exc2:
+                last = exc2
+        else:
+            _failed_call(ctx, "one step, one t per batch", f"t=1..{T}", last, group="step")
+            return
+        ctx.notes.append(f"step: the rows below ran one t per call ({mode})")
+    try:
+        out_b = run(x_b, e_b, mode)
+        out_a2 = run(x_a, e_a, mode)
+    except TargetError as exc:
+        _failed_call(ctx, "one step", f"t=1..{T}", exc, group="step")
+        return
+    u = _u_of(tgt)
+    if not torch.equal(out_a, out_a2):
+        out = stats.TestOutcome("exact", float((out_a - out_a2).abs().max()), 0.0, None, math.inf, 0.0, 0.0, 0.0, n)
+        ctx.add("the step's noise comes from the given generator", f"t=1..{T}", "target", out,
+                note="two calls with the same generator state and inputs differ: the noise is drawn elsewhere "
+                     "(the protocol's step draws from its generator argument), so the mean cannot be isolated",
+                group="reproducible")
+        return
+    ii = i.numpy()
+    inp = ref.inputs(ii)
+    view = (-1, 1, 1, 1)
+    xa, ea, xb, eb = (v.to(torch.float64).numpy() for v in (x_a, e_a, x_b, e_b))
+    inp4 = {k: np.asarray(v).reshape(view) for k, v in inp.items()}
+    mu_a = np.asarray(fm["mu_tilde_t_eps"](x_t=xa, eps=ea, **inp4))
+    mu_b = np.asarray(fm["mu_tilde_t_eps"](x_t=xb, eps=eb, **inp4))
+    c_eps = (ref.betas / np.sqrt(1.0 - ref.alphas_cumprod) / np.sqrt(ref.alphas))[ii].reshape(view)
+    r_sqrt = (1.0 / np.sqrt(ref.alphas))[ii].reshape(view)
+    _, cond = _conditions(ref, ii)
+    scale = (r_sqrt * (np.abs(xa) + np.abs(xb)) + c_eps * (np.abs(ea) + np.abs(eb)) * cond
+             + np.abs(mu_a) + np.abs(mu_b))
+    diff = (out_a - out_b).numpy()
+    want = mu_a - mu_b
+    res = out_a.numpy() - mu_a
+    var_t = (ref.betas if var_name == "beta" else np.asarray(fp["posterior_variance"](**ref.inputs(np.arange(T)))))
+    for k in range(T):
+        sl = slice(k * per_t, (k + 1) * per_t)
+        _exact(ctx, "mean: (x_t - beta_t/sqrt(1 - alpha_bar_t) eps)/sqrt(alpha_t)  (eq. 11)", f"t={k + 1}",
+               "derivation mean-eps", diff[sl], want[sl], scale[sl], u, BUDGET["step"],
+               note=_diagnose_mean(diff[sl], xa[sl] - xb[sl], ea[sl] - eb[sl], ref, k), group="mean")
+    # index 0 (paper t = 1): no noise, exactly
+    sl0 = slice(0, per_t)
+    _exact(ctx, "no noise at t = 1: x_0 = the mean", "t=1", "Ho et al. Alg. 2", out_a.numpy()[sl0], mu_a[sl0],
+           scale[sl0], u, BUDGET["step"], group="last step")
+    # variance: residual = sigma_t z with z ~ N(0, I), per t and pooled
+    pooled_ss, pooled_dof = 0.0, 0
+    for k in range(1, T):
+        sl = slice(k * per_t, (k + 1) * per_t)
+        r = res[sl].reshape(-1)
+        ss = float(r @ r)
+        o = stats.chi2_variance_test(ss, r.size, float(var_t[k]), alpha)
+        o = stats.TestOutcome(o.kind, o.estimate, o.expected, o.se, o.statistic, o.threshold, o.alpha, o.delta, r.size)
+        ctx.add(f"variance of the step's noise = {'beta_t' if var_name == 'beta' else 'beta_tilde_t (eq. 7)'}",
+                f"t={k + 1}", "derivation posterior" if var_name == "beta_tilde" else "schedule", o,
+                note=_diagnose_variance(ss / r.size, ref, k, var_name), group="variance")
+        pooled_ss += ss / float(var_t[k])
+        pooled_dof += r.size
+    if T > 1:
+        o = stats.chi2_variance_test(pooled_ss, pooled_dof, 1.0, alpha)
+        o = stats.TestOutcome(o.kind, o.estimate, o.expected, o.se, o.statistic, o.threshold, o.alpha, o.delta,
+                              pooled_dof)
+        ctx.add("noise / its sd, pooled over t = 2..T: variance 1", f"t=2..{T}", "derivation posterior", o,
+                group="variance pooled")
+
+
+def _diagnose_mean(diff, dx, de, ref: Reference, k: int) -> str:
+    """For a failing t: the fitted coefficients of x_t and eps in the mean, and a known mistake they match."""
+    A = np.stack([dx.reshape(-1), de.reshape(-1)], axis=1)
+    (cx, ce), *_ = np.linalg.lstsq(A, diff.reshape(-1), rcond=None)
+    b, a, ab = ref.betas, ref.alphas, ref.alphas_cumprod
+    want_x, want_e = 1 / math.sqrt(a[k]), -b[k] / math.sqrt(1 - ab[k]) / math.sqrt(a[k])
+    if abs(cx - want_x) <= 1e-5 * abs(want_x) and abs(ce - want_e) <= 1e-5 * abs(want_e):
+        return ""
+    fit = f"fitted mean = {cx:.6g} x_t + {ce:.6g} eps, expected {want_x:.6g} x_t + {want_e:.6g} eps"
+    cands = {}
+    for d in (-1, 1):
+        j = k + d
+        if 0 <= j < b.size:
+            cands[f"alpha_bar read at t={j + 1} (one step off) in eps's coefficient"] = (
+                want_x, -b[k] / math.sqrt(1 - ab[j]) / math.sqrt(a[k]))
+            cands[f"every coefficient read at t={j + 1} (one step off)"] = (
+                1 / math.sqrt(a[j]), -b[j] / math.sqrt(1 - ab[j]) / math.sqrt(a[j]))
+    cands["sqrt(alpha_bar_t) where sqrt(1 - alpha_bar_t) belongs"] = (want_x, -b[k] / math.sqrt(ab[k]) / math.sqrt(a[k]))
+    cands["1 - alpha_bar_t where its sqrt belongs"] = (want_x, -b[k] / (1 - ab[k]) / math.sqrt(a[k]))
+    best = min(cands, key=lambda c: abs(cands[c][0] - cx) + abs(cands[c][1] - ce))
+    if abs(cands[best][0] - cx) + abs(cands[best][1] - ce) <= 1e-4 * (abs(cx) + abs(ce)):
+        return f"{fit}: matches {best}"
+    return fit
+
+
+def _diagnose_variance(est: float, ref: Reference, k: int, var_name: str) -> str:
+    b, ab, abp = ref.betas[k], ref.alphas_cumprod[k], ref.alphas_cumprod_prev[k]
+    bt = b * (1 - abp) / (1 - ab)
+    cands = {"beta_tilde_t (Ho et al.)": bt, "beta_t (Ho et al.'s other choice; declare variance = 'beta')": b,
+             "sigma_t^4: the variance used where the sd belongs": bt**2,
+             "beta_tilde_t without the division by 1 - alpha_bar_t": b * (1 - abp),
+             "the sd used as the variance: sqrt(beta_tilde_t)": math.sqrt(bt)}
+    want = b if var_name == "beta" else bt
+    if abs(est - want) <= 0.05 * want:
+        return ""
+    best = min(cands, key=lambda c: abs(math.log(max(est, 1e-300) / max(cands[c], 1e-300))))
+    close = abs(math.log(max(est, 1e-300) / max(cands[best], 1e-300))) < 0.05
+    return f"estimated variance {est:.4g} = {est / want:.3g} x the expected {want:.4g}" + (
+        f": matches {best}" if close else "")
+
+
+def _sampler(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
+    T = ref.betas.size
+    shape = SAMPLER_SHAPE
+    seed = ctx.seed
+
+    def model(x, t):  # deterministic and t-dependent: a skipped or shifted step changes the result
+        tt = (t.to(torch.float64) - tgt.timestep_base).reshape(-1, *([1] * (x.dim() - 1))) / max(T, 1)
+        return (0.5 * torch.tanh(x.to(torch.float64)) + 0.1 * tt).to(x.dtype)
+
+    try:
+        torch.manual_seed(seed)
+        x_s = tgt.call("sample", model, shape, torch.Generator().manual_seed(seed))
+        x_s = _tensor(tgt, "sample", x_s, shape).to(torch.float64)
+    except TargetError as exc:
+        _failed_call(ctx, "sample(model, shape, generator)", f"T={T}", exc, group="sample")
+        return
+    try:
+        torch.manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(shape, generator=g)
+        for k in reversed(range(T)):
+            t = torch.full((shape[0],), k, dtype=torch.long) + tgt.timestep_base
+            x = _tensor(tgt, "step", tgt.call("step", model(x, t), t, x, g), shape)
+    except TargetError as exc:
+        _failed_call(ctx, "the same T steps one by one", f"T={T}", exc, group="sample")
+        return
+    u = _u_of(tgt)
+    scale = x_s.abs().numpy() + x.to(torch.float64).abs().numpy() + 1.0
+    _exact(ctx, "sample = its steps replayed with the same noise stream", f"T={T}, {shape[0]} images",
+           "target step", x_s.numpy(), x.to(torch.float64).numpy(), scale, u, 4.0 * T,
+           note="x_T drawn first from the generator, then each step's noise; a skipped or repeated step, an "
+                "index slip or a missing noise term of any size shows here", group="sample")
+
+
+def _loss(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
+    fm = _formulas("marginal")
+    T = ref.betas.size
+    g = torch.Generator().manual_seed(ctx.seed)
+    i = torch.arange(T)
+    shape = (T, *STEP_SHAPE)
+    dtype = _input_dtype(tgt)
+    x0 = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    noise = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    seen: dict[str, torch.Tensor] = {}
+
+    def model(x, t):
+        seen["x_t"], seen["t"] = x.detach().clone(), t.detach().clone()
+        return torch.zeros_like(x)
+
+    try:
+        value = tgt.call("loss", model, x0, _t_arg(tgt, i), noise)
+    except TargetError as exc:
+        _failed_call(ctx, "loss(model, x_0, t, noise)", f"t=1..{T}", exc, group="loss")
+        return
+    if "t" not in seen or tuple(seen["x_t"].shape) != shape or seen["t"].shape != (T,):
+        out = stats.TestOutcome("exact", math.inf, 0.0, None, math.inf, 0.0, 0.0, 0.0, T)
+        ctx.add("the loss calls the model once on the batch", f"t=1..{T}", "target", out, group="loss")
+        return
+    t_seen = seen["t"].to(torch.long) - tgt.timestep_base
+    wrong = int((t_seen != i).sum())
+    out = stats.TestOutcome("exact", float(wrong), 0.0, None, float(wrong), 0.0, 0.0, 1.0, T)
+    k = int(torch.nonzero(t_seen != i)[0]) if wrong else None
+    ctx.add("the model is given the t that x_t was noised at", f"t=1..{T}", "target", out, group="loss t",
+            note="" if not wrong else f"{wrong} of {T} differ, e.g. noised at t={k + 1}, model told t={int(t_seen[k]) + 1}")
+    inp = ref.inputs(i.numpy())
+    a = np.asarray(fm["x_t_mean_coef"](**inp)).reshape(-1, 1, 1, 1)
+    b = np.sqrt(np.asarray(fm["x_t_variance"](**inp))).reshape(-1, 1, 1, 1)
+    x0n, nn = x0.to(torch.float64).numpy(), noise.to(torch.float64).numpy()
+    _exact(ctx, "the model's x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps", f"t=1..{T}",
+           "derivation marginal", seen["x_t"].to(torch.float64).numpy(), a * x0n + b * nn,
+           np.abs(a * x0n) + np.abs(b * nn), _u_of(tgt), BUDGET["forward"], group="loss x_t")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return
+    l2, l1 = float(np.mean(nn**2)), float(np.mean(np.abs(nn)))
+    kind = "L2 (Ho et al. eq. 14)" if abs(v - l2) <= 1e-4 * l2 else ("L1 (not eq. 14)" if abs(v - l1) <= 1e-4 * l1 else "neither")
+    out = stats.TestOutcome("exact", v, l2, None, abs(v - l2) / (1e-4 * l2), 1.0, 0.0, 1e-4 * l2, T)
+    ctx.add("loss of a zero prediction = mean(eps^2)", f"t=1..{T}", "Ho et al. eq. 14", out, role=ROLE_DIAGNOSTIC,
+            note=f"the loss is {kind}", group="loss kind")
+
+
+SECTIONS: dict[str, tuple[str, Callable]] = {
+    "schedule": ("the arrays and the schedule they claim", _schedule),
+    "q_sample": ("q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, 1 - alpha_bar_t)  (eq. 4)", _forward),
+    "step": ("one reverse step: mean (eq. 11) exact, variance beta_tilde_t, no noise at t = 1  (Alg. 2)", _step),
+    "sample": ("the whole sampler equals its steps  (Alg. 2)", _sampler),
+    "loss": ("the loss noises x_0 at the t it gives the model  (eq. 14)", _loss),
+}
+#: the sections with statistical rows (they share the false-failure level)
+STATISTICAL = ("step",)
+
+
+def verify(tgt: Target, samples: int = DEFAULT_SAMPLES, seed: int = stats.DEFAULT_ROOT_SEED,
+           progress: Callable[[str], Any] | None = None) -> VerifyReport:
+    """Run every section the target provides; missing capabilities are listed, never passed."""
+    t0 = time.perf_counter()
+    samples = stats.check_samples(samples, minimum=64, name="samples")
+    report = VerifyReport(tgt.label, [], [], notes=list(tgt.notes))
+    need_schedule = not tgt.provides("schedule")
+    ref = None if need_schedule else Reference.of(tgt)
+    run = []
+    for cap in CAPABILITIES:
+        if not tgt.provides(cap):
+            report.not_provided.append(cap)
+            continue
+        if cap == "sample" and not tgt.provides("step"):
+            report.skipped[cap] = "the sampler is compared with the target's own steps: it needs step"
+            continue
+        if ref is None:
+            report.skipped[cap] = "needs betas or alphas_cumprod (the reference coefficients come from them)"
+            continue
+        run.append(cap)
+    n_stat = max(1, sum(c in STATISTICAL for c in run))
+    with torch.no_grad():
+        for cap in run:
+            title, fn = SECTIONS[cap]
+            ctx = CheckContext(cap, title, samples, seed, None, None, n_checks=n_stat)
+            if progress is not None:
+                progress(f"verify {tgt.label}: {cap} ...")
+            t1 = time.perf_counter()
+            if cap == "step":
+                fn(ctx, tgt, ref, samples)
+            else:
+                fn(ctx, tgt, ref)
+            ctx.verify_budget()
+            report.results.append(CheckResult(cap, title, ctx.seed, seed, None, {"T": tgt.T}, samples, ctx.rows,
+                                              time.perf_counter() - t1, ctx.notes, alpha_check=ctx.share))
+    report.runtime_s = time.perf_counter() - t0
+    return report

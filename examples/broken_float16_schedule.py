@@ -1,0 +1,80 @@
+"""DDPM that keeps its schedule arrays in float16.
+
+The one mistake: the schedule is computed in float64, then every array (betas,
+alphas, alphas_cumprod, the derived roots, eps_coef, posterior_variance) is
+stored as float16 "to match a half-precision model" (like .half() on a module
+holding its schedule as buffers). Bug class: precision loss in the schedule.
+
+What verify should report (float64 inputs): alphas_cumprod[0] is exactly 1.0, so
+1 - alpha_bar_1 = 0 instead of 1e-4; 1 - alpha_bar_2 = 4.88e-4 instead of
+2.67e-4 (1.83x); betas off by up to 4.6e-4 relative. q_sample, step and loss use
+coefficients off by up to ~4.8e-4 relative (e.g. 1/sqrt(alpha_1) = 1, not
+1.00005): far above float64 round-off, small enough for a loose tolerance.
+"""
+import numpy as np
+import torch
+
+T = 300
+
+
+def _at(arr, t, x):
+    """arr[t] for each batch element, shaped [N, 1, 1, 1] to broadcast over x."""
+    vals = arr.to(x.device)[t.to(x.device)].to(x.dtype)
+    return vals.view(-1, *([1] * (x.dim() - 1)))
+
+
+class DDPM:
+    def __init__(self, T=T, beta_start=1e-4, beta_end=0.02):
+        self.T = T
+        self.schedule_claim = {"kind": "linear", "beta_start": beta_start, "beta_end": beta_end}
+        betas = np.linspace(beta_start, beta_end, T, dtype=np.float64)
+        alphas = 1.0 - betas
+        alphas_cumprod = np.cumprod(alphas)
+        alphas_cumprod_prev = np.concatenate([[1.0], alphas_cumprod[:-1]])  # alpha_bar_0 = 1
+
+        self.betas = torch.from_numpy(betas)
+        self.alphas = torch.from_numpy(alphas)
+        self.alphas_cumprod = torch.from_numpy(alphas_cumprod)
+        self.alphas_cumprod_prev = torch.from_numpy(alphas_cumprod_prev)
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+        self.sqrt_recip_alphas = 1.0 / self.alphas.sqrt()
+        self.eps_coef = self.betas / self.sqrt_one_minus_alphas_cumprod
+        # beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t
+        self.posterior_variance = (
+            (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod) * self.betas
+        )
+
+        for name in ["betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev",
+                     "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+                     "sqrt_recip_alphas", "eps_coef", "posterior_variance"]:
+            setattr(self, name, getattr(self, name).half())  # fp16 like the model
+
+    def q_sample(self, x_0, t, noise):
+        return (_at(self.sqrt_alphas_cumprod, t, x_0) * x_0
+                + _at(self.sqrt_one_minus_alphas_cumprod, t, x_0) * noise)
+
+    @torch.no_grad()
+    def step(self, eps, t, x_t, generator):
+        mean = _at(self.sqrt_recip_alphas, t, x_t) * (x_t - _at(self.eps_coef, t, x_t) * eps)
+        if not (t > 0).any():
+            return mean  # paper step t = 1 everywhere: no noise, nothing drawn
+        z = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype).to(x_t.device)
+        nonzero = (t > 0).to(device=x_t.device, dtype=x_t.dtype)
+        nonzero = nonzero.view(-1, *([1] * (x_t.dim() - 1)))
+        return mean + nonzero * _at(self.posterior_variance, t, x_t).sqrt() * z
+
+    @torch.no_grad()
+    def sample(self, model, shape, generator):
+        x = torch.randn(shape, generator=generator)
+        for i in reversed(range(self.T)):
+            t = torch.full((shape[0],), i, dtype=torch.long)
+            x = self.step(model(x, t), t, x, generator)
+        return x
+
+    def loss(self, model, x_0, t, noise):
+        x_t = self.q_sample(x_0, t, noise)
+        return torch.mean((noise - model(x_t, t)) ** 2)
+
+
+ddpm = DDPM()
