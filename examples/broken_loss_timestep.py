@@ -10,7 +10,7 @@ differs from mean((noise - model(q_sample(x_0, t, noise), t))^2) for any model
 whose output depends on t, for every t < T - 1 (index T - 1 is clamped and right).
 With a model that ignores t the loss is exactly right, so the verifier needs a
 t-dependent probe model: e.g. for model(x, t) = t as a constant image and
-noise = 0, the loss is mean((t + 1)^2) instead of mean(t^2).
+noise = 0, the loss is mean(min(t + 1, T - 1)^2) instead of mean(t^2).
 """
 import numpy as np
 import torch

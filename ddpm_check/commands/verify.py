@@ -52,6 +52,12 @@ def command(
     if not as_json:
         if report.results:
             render(con, report.results, full, title=f"verify {target} (pass: statistic <= threshold)")
+        for r in report.results:  # what the failing rows say: the target's message or the nearest known mistake
+            bad = sorted((x for x in r.tests if not x.passed), key=lambda x: -x.margin)
+            for x in [x for x in bad if x.note][:3]:
+                con.print(f"[red]{r.name}[/red] {x.where}: {x.note}", soft_wrap=True, highlight=False)
+            if len(bad) > 3:
+                con.print(f"[red]{r.name}[/red]: {len(bad)} rows rejected in all (--full lists them)", soft_wrap=True)
         for cap in report.not_provided:
             con.print(f"[dim]{cap}: not provided[/dim]")
         for cap, why in report.skipped.items():
