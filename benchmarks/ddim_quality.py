@@ -9,6 +9,10 @@ same x_T taken to an image by each S (eta = 0 is deterministic, so each row star
 noise).
 
     python benchmarks/ddim_quality.py runs/s0 runs/s1 runs/s2 --out benchmarks/results/ddim_quality.json
+
+``--seeds 0 1 2`` repeats every run with other sampling seeds (the samples' own draw-to-draw
+noise, which the real-digit spread does not include); ``--only LABEL ...`` runs just those
+configurations (e.g. ``ddpm "ddim eta=0 S=50" "ddim eta=1 S=50"``); ``--no-picture`` skips the picture.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +34,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/ddim_quality.json"))
     ap.add_argument("--picture", type=Path, default=Path("docs/ddim_steps.png"))
+    ap.add_argument("--no-picture", action="store_true")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--only", nargs="+", default=None)
     a = ap.parse_args()
 
     import numpy as np
@@ -46,21 +54,28 @@ def main() -> None:
         for eta in ETAS:
             configs += [(f"ddim eta={eta:g} S={k}", DDIMConfig(k, eta, "trailing")) for k in STEPS if k <= T]
         configs += [(f"ddim eta=1 S=50 {sp}", DDIMConfig(50, 1.0, sp)) for sp in ("leading", "linspace") if T >= 50]
-        for label, ddim in configs:
+        if a.only:
+            unknown = set(a.only) - {label for label, _ in configs}
+            if unknown:
+                raise SystemExit(f"unknown --only labels {sorted(unknown)}; known: {[lb for lb, _ in configs]}")
+            configs = [(label, ddim) for label, ddim in configs if label in a.only]
+        for label, ddim, seed in [(lb, dd, sd) for lb, dd in configs for sd in a.seeds]:
             t0 = time.perf_counter()
-            x = sample(s, a.n, seed=0, ddim=ddim)
+            x = sample(s, a.n, seed=seed, ddim=ddim)
             secs = time.perf_counter() - t0
             score = evaluate_digits(x, seed=0).to_dict()
             r = score["rows"]
-            rec = {"checkpoint": str(path), "label": label, "sampler": ddim.to_dict() if ddim else {"sampler": "ddpm", "steps": T},
+            rec = {"checkpoint": str(path), "label": label, "seed": seed,
+                   "prediction": s.diffusion.prediction, "zero_snr": bool(s.diffusion.schedule.config.zero_snr),
+                   "sampler": ddim.to_dict() if ddim else {"sampler": "ddpm", "steps": T},
                    "sampling_seconds": round(secs, 2), "n": a.n, "fd": r["samples"]["fd"],
                    "fd_pixels": r["samples"]["fd_pixels"], "confidence": r["samples"]["confidence"],
                    "real_fd_range": r["real"]["fd_range"], "real_fd_pixels_range": r["real"]["fd_pixels_range"],
                    "class_gaussians_fd": r["class_gaussians"]["fd"], "class_gaussians_fd_pixels": r["class_gaussians"]["fd_pixels"]}
             runs.append(rec)
-            print(f"{path} {label:20s} {secs:6.2f} s  FD feat {rec['fd']:.3f} pix {rec['fd_pixels']:.3f} "
+            print(f"{path} {label:20s} seed {seed} {secs:6.2f} s  FD feat {rec['fd']:.3f} pix {rec['fd_pixels']:.3f} "
                   f"conf {rec['confidence']:.3f}", flush=True)
-        if path == a.checkpoints[0]:
+        if path == a.checkpoints[0] and not a.no_picture:
             import matplotlib
 
             matplotlib.use("Agg", force=True)
@@ -85,7 +100,7 @@ def main() -> None:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(),
                                  "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
-                                 "command": "python benchmarks/ddim_quality.py " + " ".join(a.checkpoints),
+                                 "command": "python benchmarks/ddim_quality.py " + " ".join(sys.argv[1:]),
                                  "runs": runs}, indent=1) + "\n")
 
 
