@@ -178,3 +178,32 @@ def test_the_engine_catches_a_mistake_injected_into_our_own_step(monkeypatch):
     bad = _failing(rep)
     assert list(bad) == ["step"] and [r.where for r in bad["step"]] == ["t=151"]
     assert not math.isinf(bad["step"][0].margin)
+
+
+def test_diffusers_ddpm_scheduler_passes_and_its_float32_precision_is_reported():
+    pytest.importorskip("diffusers")
+    rep = _run("diffusers:DDPMScheduler")
+    assert rep.passed, _failing(rep)
+    assert rep.not_provided == ["sample", "loss"]
+    sched = next(r for r in rep.results if r.name == "schedule")
+    rows = {x.quantity: x for x in sched.rows}
+    bt = rows["beta_tilde_t from the stored arrays, relative error"]
+    assert bt.role == "diagnostic" and "float32" in bt.note and 1e-6 < bt.estimate < 1e-2
+    assert "claimed schedule" in {x.group for x in sched.rows}
+
+
+def test_diffusers_missing_is_one_line(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_diffusers(name, *a, **k):
+        if name == "diffusers":
+            raise ImportError("No module named 'diffusers'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_diffusers)
+    with pytest.raises(DDPMCheckError, match=r"diffusers is not installed: pip install diffusers"):
+        targets.load("diffusers:DDPMScheduler")
+    with pytest.raises(DDPMCheckError, match="unknown diffusers target 'UNet2DModel'"):
+        targets.load("diffusers:UNet2DModel")

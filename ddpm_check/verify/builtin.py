@@ -84,3 +84,54 @@ def source_target(config: ScheduleConfig | None):
                      "the whole-sampler comparison is not offered; forward_diffusion_sample and get_loss draw "
                      "their own noise (the loss is checked through the step and forward rows instead)")
     return tgt
+
+
+class _DiffusersDDPM:
+    """diffusers' DDPMScheduler under the protocol: its float32 ``betas`` and ``alphas_cumprod``,
+    ``add_noise`` as q_sample, and ``step`` (one timestep per call in diffusers) called once per
+    distinct t of a batch, in descending order, with the same generator.  ``clip_sample`` is off
+    (the unclipped step is Ho et al.'s eq. 11; clipping x0_hat to [-1, 1] is another sampler) and
+    the variance is "fixed_small" (beta_tilde).  A scheduler has no sampling loop (diffusers' loops
+    live in pipelines, around a network) and no loss: those are not offered."""
+
+    def __init__(self, scheduler) -> None:
+        self.scheduler = scheduler
+        self.betas = scheduler.betas
+        self.alphas_cumprod = scheduler.alphas_cumprod
+        c = scheduler.config
+        if c.beta_schedule == "linear":
+            self.schedule_claim = {"kind": "linear", "beta_start": c.beta_start, "beta_end": c.beta_end}
+        elif c.beta_schedule == "squaredcos_cap_v2":
+            self.schedule_claim = {"kind": "cosine", "s": 0.008}
+
+    def q_sample(self, x_0, t, noise):
+        return self.scheduler.add_noise(x_0, noise, t)
+
+    def step(self, eps, t, x_t, generator):
+        out = torch.empty_like(x_t)
+        for k in sorted({int(v) for v in t.tolist()}, reverse=True):
+            m = t == k
+            out[m] = self.scheduler.step(eps[m], k, x_t[m], generator=generator).prev_sample
+        return out
+
+
+def diffusers_target(name: str, config: ScheduleConfig | None):
+    from ddpm_check.errors import DDPMCheckError
+    from ddpm_check.verify.targets import from_object
+
+    if name != "DDPMScheduler":
+        raise DDPMCheckError(f"unknown diffusers target {name!r}; verify knows diffusers:DDPMScheduler")
+    try:
+        import diffusers
+    except ImportError:
+        raise DDPMCheckError("diffusers is not installed: pip install diffusers (or pip install -e \".[test]\")") from None
+    config = config or ScheduleConfig()
+    kind = {"linear": "linear", "cosine": "squaredcos_cap_v2"}[config.kind]
+    sched = diffusers.DDPMScheduler(num_train_timesteps=config.T, beta_start=config.beta_start,
+                                    beta_end=config.beta_end, beta_schedule=kind, variance_type="fixed_small",
+                                    clip_sample=False, prediction_type="epsilon")
+    tgt = from_object(_DiffusersDDPM(sched), f"diffusers:{name}")
+    tgt.notes.append(f"diffusers {diffusers.__version__} DDPMScheduler(clip_sample=False, variance_type='fixed_small'); "
+                     "step is called once per distinct t of a batch (diffusers' step takes one timestep); a scheduler "
+                     "has no sampling loop and no loss")
+    return tgt

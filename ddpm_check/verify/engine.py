@@ -201,6 +201,19 @@ def _schedule(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
                                 COEF_REL_TOL, int(T))
         ctx.add("sqrt(1 - alpha_bar_t) from the stored arrays, relative error", f"t=1..{T}", "float64 from own betas",
                 out, note=note, group="precision")
+        # beta_tilde_t from the stored arrays (the posterior variance a step computes from them)
+        b_st = (tgt.betas if tgt.betas is not None else 1.0 - ab_stored / np.concatenate([[1.0], ab_stored[:-1]]))
+        prev = np.concatenate([[1.0], ab_stored[:-1]])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bt_st = b_st * (1.0 - prev) / (1.0 - ab_stored)
+            bt = ref.betas * (1.0 - ref.alphas_cumprod_prev) / (1.0 - ref.alphas_cumprod)
+            relv = np.abs(bt_st[1:] - bt[1:]) / bt[1:]
+        worst = float(np.nanmax(np.where(np.isfinite(relv), relv, np.inf))) if relv.size else 0.0
+        out = stats.TestOutcome("exact", worst, 0.0, None, worst, COEF_REL_TOL, 0.0, COEF_REL_TOL, int(T))
+        ctx.add("beta_tilde_t from the stored arrays, relative error", f"t=2..{T}", "float64 from own betas", out,
+                role=ROLE_DIAGNOSTIC, note=f"stored as {stored_dtype}" + (
+                    f"; worst at t={int(np.nanargmax(np.where(np.isfinite(relv), relv, np.inf))) + 2}" if relv.size else ""),
+                group="precision beta_tilde")
 
 
 def _forward(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
@@ -233,7 +246,9 @@ def _forward(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
     b = np.sqrt(np.asarray(fm["x_t_variance"](**inp))).reshape(-1, 1, 1, 1)
     want = a * x0.numpy() + b * noise.numpy()
     ca, cb = _conditions(ref, i.numpy())
-    scale = np.abs(a * x0.numpy()) * ca + np.abs(b * noise.numpy()) * cb
+    # BUDGET units of roundoff of each term, plus 4 per unit of the coefficient's conditioning
+    k = 4.0 / BUDGET["forward"]
+    scale = np.abs(a * x0.numpy()) * (1 + k * (ca - 1)) + np.abs(b * noise.numpy()) * (1 + k * (cb - 1))
     u = _u_of(tgt)
     xs = x_t.numpy()
     for k in range(T):
@@ -247,7 +262,9 @@ def _conditions(ref: Reference, ii: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """How many units of roundoff a target's own sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t) may be
     off when it computes them in its precision: alpha_bar_t is a product of t factors (t u
     relatively), and 1 - alpha_bar_t loses alpha_bar_t/(1 - alpha_bar_t) of that (e.g. t = 1 in
-    float32 with beta_1 = 1e-4: 6e-4 relatively).  Shapes [N, 1, 1, 1]."""
+    float32 with beta_1 = 1e-4: 3e-4 relatively in its sqrt).  Shapes [N, 1, 1, 1].  The rows allow
+    4 units of roundoff per unit of these, so a float32 target's tolerance at t = 1 of the source's
+    schedule is about 1e-3 of the coefficient: a 1 % error is caught at every t."""
     t = (ii + 1).astype(np.float64).reshape(-1, 1, 1, 1)
     ab = ref.alphas_cumprod[ii].reshape(-1, 1, 1, 1)
     return 1.0 + t / 2.0, 1.0 + t * ab / (2.0 * np.maximum(1.0 - ab, 1e-300))
@@ -359,9 +376,11 @@ def _step(ctx: CheckContext, tgt: Target, ref: Reference, samples: int) -> None:
     mu_b = np.asarray(fm["mu_tilde_t_eps"](x_t=xb, eps=eb, **inp4))
     c_eps = (ref.betas / np.sqrt(1.0 - ref.alphas_cumprod) / np.sqrt(ref.alphas))[ii].reshape(view)
     r_sqrt = (1.0 / np.sqrt(ref.alphas))[ii].reshape(view)
+    # any route to the mean (eq. 11, or eq. 7 at x0_hat as diffusers takes) rounds 1 - alpha_bar_t
+    # and 1 - alpha_bar_{t-1} in the target's precision: 4 units of roundoff per unit of conditioning
     _, cond = _conditions(ref, ii)
-    scale = (r_sqrt * (np.abs(xa) + np.abs(xb)) + c_eps * (np.abs(ea) + np.abs(eb)) * cond
-             + np.abs(mu_a) + np.abs(mu_b))
+    terms = r_sqrt * (np.abs(xa) + np.abs(xb)) + c_eps * (np.abs(ea) + np.abs(eb))
+    scale = terms * (1 + 4.0 / BUDGET["step"] * (cond - 1)) + np.abs(mu_a) + np.abs(mu_b)
     diff = (out_a - out_b).numpy()
     want = mu_a - mu_b
     res = out_a.numpy() - mu_a

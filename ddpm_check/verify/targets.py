@@ -213,8 +213,12 @@ def load(spec: str, schedule=None) -> Target:
         from ddpm_check.verify import builtin
 
         return from_object(builtin.make(spec, schedule), spec) if spec != "source" else builtin.source_target(schedule)
+    if spec.startswith("diffusers:"):
+        from ddpm_check.verify import builtin
+
+        return builtin.diffusers_target(spec.split(":", 1)[1], schedule)
     if schedule is not None:
         raise DDPMCheckError("--schedule, -T, --beta-start and --beta-end apply to the built-in targets "
-                             "(ddpm_check, source); a user's target has its own arrays")
+                             "(ddpm_check, source, diffusers:...); a user's target has its own arrays")
     obj, label = _load_object(spec)
     return from_object(obj, label)
