@@ -95,6 +95,9 @@ CHECKS: Registry[CheckEntry] = Registry("check", (
     CheckEntry("score", "score = -E[eps | x_t]/sqrt(1 - alpha_bar_t); Tweedie E[x_0 | x_t] = (x_t + (1 - alpha_bar_t) "
                "score)/sqrt(alpha_bar_t)  (Efron 2011)", "ddpm_check.montecarlo.score", default_samples=200_000,
                needs=("score",)),
+    CheckEntry("parametrizations", "eps-, x_0- and v-prediction convert exactly; each, trained, reaches its own "
+               "Bayes floor  (Salimans & Ho 2022, App. D)", "ddpm_check.montecarlo.parametrizations",
+               default_samples=8_192, needs=("parametrizations",), slow=True, single_thread=False),
     CheckEntry("network", "a trained SimpleUnet approaches the Bayes floor  (eq. 14)",
                "ddpm_check.montecarlo.network", default_samples=8_192, slow=True, single_thread=False),
 ))

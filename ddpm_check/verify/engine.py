@@ -217,7 +217,7 @@ def _schedule(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
 
 
 def _forward(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
-    fm = _formulas("marginal")
+    fm = ctx.formulas("marginal")
     T = ref.betas.size
     g = torch.Generator().manual_seed(ctx.seed)
     dtype = _input_dtype(tgt)
@@ -293,14 +293,8 @@ def _diagnose_forward(x_t, x0, noise, ref: Reference, k: int) -> str:
     return fit
 
 
-def _formulas(name: str) -> dict[str, Callable]:
-    import derivations
-
-    return {k: derivations.numeric(name, k) for k in dict(derivations.get(name).results)}
-
-
 def _step(ctx: CheckContext, tgt: Target, ref: Reference, samples: int) -> None:
-    fm, fp = _formulas("mean-eps"), _formulas("posterior")
+    fm, fp = ctx.formulas("mean-eps"), ctx.formulas("posterior")
     T = ref.betas.size
     per_t = max(1, -(-samples // int(np.prod(STEP_SHAPE))))
     i = torch.arange(T).repeat_interleave(per_t)
@@ -491,7 +485,7 @@ def _sampler(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
 
 
 def _loss(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
-    fm = _formulas("marginal")
+    fm = ctx.formulas("marginal")
     T = ref.betas.size
     g = torch.Generator().manual_seed(ctx.seed)
     i = torch.arange(T)
@@ -547,6 +541,23 @@ SECTIONS: dict[str, tuple[str, Callable]] = {
 }
 #: the sections with statistical rows (they share the false-failure level)
 STATISTICAL = ("step",)
+#: the derivations whose results the rows read
+NEEDS = ("marginal", "mean-eps", "posterior")
+
+
+def run_sections(ctx: CheckContext, tgt: Target, samples: int) -> list[str]:
+    """Every section ``tgt`` provides, into one context (a registered check's: its rows, its share
+    of the budget); returns the capabilities not provided."""
+    ref = Reference.of(tgt)
+    missing = []
+    for cap in CAPABILITIES:
+        if not tgt.provides(cap) or (cap == "sample" and not tgt.provides("step")):
+            missing.append(cap)
+            continue
+        fn = SECTIONS[cap][1]
+        ctx.say(f"{cap} ...")
+        fn(ctx, tgt, ref, samples) if cap == "step" else fn(ctx, tgt, ref)
+    return missing
 
 
 def verify(tgt: Target, samples: int = DEFAULT_SAMPLES, seed: int = stats.DEFAULT_ROOT_SEED,
@@ -573,7 +584,7 @@ def verify(tgt: Target, samples: int = DEFAULT_SAMPLES, seed: int = stats.DEFAUL
     with torch.no_grad():
         for cap in run:
             title, fn = SECTIONS[cap]
-            ctx = CheckContext(cap, title, samples, seed, None, None, n_checks=n_stat)
+            ctx = CheckContext(cap, title, samples, seed, None, None, n_checks=n_stat, needs=NEEDS)
             if progress is not None:
                 progress(f"verify {tgt.label}: {cap} ...")
             t1 = time.perf_counter()
