@@ -98,6 +98,9 @@ CHECKS: Registry[CheckEntry] = Registry("check", (
     CheckEntry("parametrizations", "eps-, x_0- and v-prediction convert exactly; each, trained, reaches its own "
                "Bayes floor  (Salimans & Ho 2022, App. D)", "ddpm_check.montecarlo.parametrizations",
                default_samples=8_192, needs=("parametrizations",), slow=True, single_thread=False),
+    CheckEntry("paths", "the code train and sample run (q_sample, p_sample, p_sample_loop, loss) held to the "
+               "derivations by verify's engine  (eqs. 4, 11, 14; Alg. 2)", "ddpm_check.montecarlo.paths",
+               default_samples=4_096, needs=("marginal", "mean-eps", "posterior"), single_thread=False),
     CheckEntry("network", "a trained SimpleUnet approaches the Bayes floor  (eq. 14)",
                "ddpm_check.montecarlo.network", default_samples=8_192, slow=True, single_thread=False),
 ))
