@@ -506,6 +506,50 @@ class GaussianDiffusion:
             return x, captured
         return x
 
+    @torch.no_grad()
+    def ddim_step(self, out: torch.Tensor, t: Any, t_prev: Any, x_t: torch.Tensor, eta: float = 0.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """One DDIM step from index t to index t_prev (< 0: after the last visit, abar_prev = 1),
+        per batch element (Song et al. 2021, eqs. 12 and 16; derivation ``ddim``), with the
+        arithmetic of :meth:`ddim_sample_loop`'s step: x_prev = sqrt(abar_prev) x0_hat +
+        sqrt(1 - abar_prev - sigma^2) eps_hat + sigma z.  Noise is drawn (one [N, ...] tensor from
+        ``generator``) only if some element has sigma > 0.  Shapes: out, x_t [N, ...], t, t_prev [N].
+        """
+        self._check_x(x_t, "x_t")
+        self._check_output(out, x_t)
+        t = self._check_t(t, x_t)
+        if not isinstance(t_prev, torch.Tensor) or t_prev.shape != t.shape:
+            raise DDPMCheckError(f"t_prev must be a long tensor of shape {list(t.shape)}")
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
+            raise DDPMCheckError(f"eta must be a number in [0, 1], got {eta!r}")
+        from ddpm_check.ddim import DDIMConfig, plan_from
+
+        ti = t.cpu().numpy()
+        tp = t_prev.to(torch.long).cpu().numpy()
+        if (tp >= ti).any() or (tp >= self.T).any():
+            raise DDPMCheckError("t_prev must be below t (a negative t_prev means after the last step)")
+        ac = self.schedule.alphas_cumprod
+        ab, ab_prev = ac[ti], np.where(tp < 0, 1.0, ac[np.clip(tp, 0, None)])
+        p = plan_from(DDIMConfig(1, float(eta)), ti, ab, ab_prev)
+        nd = x_t.ndim
+        view = (-1,) + (1,) * (nd - 1)
+        with np.errstate(divide="ignore"):
+            coef = torch.as_tensor(np.stack([np.sqrt(1.0 - p.alpha_bar), 1.0 / np.sqrt(p.alpha_bar),
+                                             np.sqrt(p.alpha_bar_prev), p.direction_coef, p.sigma,
+                                             np.sqrt(p.alpha_bar), 1.0 / np.sqrt(1.0 - p.alpha_bar)])
+                                   ).to(x_t.device, x_t.dtype)
+        sqrt_1m_ab, rsqrt_ab, sqrt_ab_prev, direction, sigma, sqrt_ab, rsqrt_1m_ab = (c.reshape(view) for c in coef)
+        if self.prediction == "eps":
+            eps, x0_hat = out, (x_t - sqrt_1m_ab * out) * rsqrt_ab
+        elif self.prediction == "x0":
+            eps, x0_hat = (x_t - sqrt_ab * out) * rsqrt_1m_ab, out
+        else:
+            eps, x0_hat = sqrt_ab * out + sqrt_1m_ab * x_t, sqrt_ab * x_t - sqrt_1m_ab * out
+        x_new = x0_hat * sqrt_ab_prev + eps * direction
+        if (p.sigma > 0.0).any():
+            x_new = x_new + torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device) * sigma
+        return x_new
+
     # ---- training objective -------------------------------------------------------------------
     def loss(self, model: Model, x_0: torch.Tensor, t: Any = None, noise: torch.Tensor | None = None,
              kind: str = "l2", generator: torch.Generator | None = None, reduction: str = "mean") -> torch.Tensor:

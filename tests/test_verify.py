@@ -35,9 +35,11 @@ def reports():
 
 def test_our_paths_and_the_correct_example_pass(reports):
     ours = _run("ddpm_check")
-    for rep in (ours, reports["correct_ddpm"]):
+    five = ["schedule", "q_sample", "step", "sample", "loss"]
+    for rep, ddim in ((ours, True), (reports["correct_ddpm"], False)):
         assert rep.passed, _failing(rep)
-        assert rep.not_provided == [] and [r.name for r in rep.results] == ["schedule", "q_sample", "step", "sample", "loss"]
+        assert [r.name for r in rep.results] == five + (["ddim_step"] if ddim else [])
+        assert rep.not_provided == ([] if ddim else ["ddim_step"])
         assert rep.alpha_spent <= 1e-4 * (1 + 1e-9)
 
 
@@ -126,13 +128,14 @@ ddpm = T
     bad = _failing(rep)
     assert list(bad) == ["q_sample"]
     assert words in bad["q_sample"][0].note
-    assert rep.not_provided == ["step", "sample", "loss"]
+    assert rep.not_provided == ["step", "sample", "loss", "ddim_step"]
 
 
 def test_steps_without_a_schedule_are_not_checked_nor_passed(tmp_path):
     path = _module(tmp_path, "class T:\n    def step(self, eps, t, x_t, generator):\n        return x_t\nddpm = T\n")
     rep = engine.verify(targets.load(f"{path}:ddpm"), samples=FAST)
-    assert rep.results == [] and "step" in rep.skipped and rep.not_provided == ["schedule", "q_sample", "sample", "loss"]
+    assert rep.results == [] and "step" in rep.skipped
+    assert rep.not_provided == ["schedule", "q_sample", "sample", "loss", "ddim_step"]
 
 
 def test_noise_not_from_the_generator_is_named(tmp_path):
@@ -155,6 +158,7 @@ def test_cli_verify_exit_codes_and_strict_json(tmp_path):
     doc = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert doc["passed"] is False and doc["target"].endswith("broken_last_step_noise.py:ddpm")
     assert {s["check"] for s in doc["sections"]} == {"schedule", "q_sample", "step", "sample", "loss"}
+    assert doc["not_provided"] == ["ddim_step"]
     r = runner.invoke(app, ["verify", "ddpm_check", "-T", "20", "--samples", str(FAST)])
     assert r.exit_code == 0, r.output
     assert "every check of what it provides passed" in r.output and "family-wise false-failure rate <= 0.0001" in r.output
@@ -184,7 +188,7 @@ def test_diffusers_ddpm_scheduler_passes_and_its_float32_precision_is_reported()
     pytest.importorskip("diffusers")
     rep = _run("diffusers:DDPMScheduler")
     assert rep.passed, _failing(rep)
-    assert rep.not_provided == ["sample", "loss"]
+    assert rep.not_provided == ["sample", "loss", "ddim_step"]
     sched = next(r for r in rep.results if r.name == "schedule")
     rows = {x.quantity: x for x in sched.rows}
     bt = rows["beta_tilde_t from the stored arrays, relative error"]
@@ -207,3 +211,40 @@ def test_diffusers_missing_is_one_line(monkeypatch):
         targets.load("diffusers:DDPMScheduler")
     with pytest.raises(DDPMCheckError, match="unknown diffusers target 'UNet2DModel'"):
         targets.load("diffusers:UNet2DModel")
+
+
+def test_ddim_rows_catch_alpha_bar_prev_read_one_index_below_t():
+    from ddpm_check.verify.builtin import OurDiffusion
+
+    class Broken(OurDiffusion):  # abar_prev from alphas_cumprod_prev (index t - 1), not at the next visit
+        def ddim_step(self, eps, t, t_prev, x_t, eta, generator):
+            return self.diffusion.ddim_step(eps, t, t - 1, x_t, eta, generator)
+
+    obj = Broken()
+    obj.ddim_sample = None  # its loop is right: hold only the step here
+    rep = engine.verify(targets.from_object(obj, "abar_prev one index below t"), samples=FAST)
+    bad = _failing(rep)
+    assert list(bad) == ["ddim_step"] and "ddim mean eta=0" in {r.group for r in bad["ddim_step"]}
+    assert max(r.margin for r in bad["ddim_step"]) > 3.0
+
+
+def test_ddim_rows_catch_diffusers_set_alpha_to_one_false():
+    diffusers = pytest.importorskip("diffusers")
+    from ddpm_check.verify.builtin import _DiffusersDDIM
+
+    sched = diffusers.DDIMScheduler(num_train_timesteps=300, beta_end=0.02, clip_sample=False, set_alpha_to_one=False)
+    rep = engine.verify(targets.from_object(_DiffusersDDIM(sched), "DDIM, set_alpha_to_one=False"), samples=FAST)
+    bad = _failing(rep)
+    assert list(bad) == ["ddim_step"] and "ddim last step" in {r.group for r in bad["ddim_step"]}
+
+
+def test_ddim_targets_pass():
+    for spec in ("ddpm_check", "diffusers:DDIMScheduler"):
+        if spec.startswith("diffusers"):
+            pytest.importorskip("diffusers")
+        rep = _run(spec)
+        assert rep.passed, _failing(rep)
+        ddim = next(r for r in rep.results if r.name == "ddim_step")
+        assert {"ddim last step", "ddim eta=0", "ddim variance eta=1"} <= {r.group for r in ddim.rows}
+    ours = next(r for r in _run("ddpm_check").results if r.name == "ddim_step")
+    assert "ddim sample" in {r.group for r in ours.rows}  # our loop against our steps

@@ -12,8 +12,9 @@ from ddpm_check.commands.ui import Failed, console
 
 def command(
     target: Annotated[str, typer.Argument(
-        help="ddpm_check (ours), source (the source blog's code), path/to/file.py:NAME or package.module:NAME "
-             "(your object, or a class or zero-argument factory that makes it).", show_default=False)],
+        help="ddpm_check (ours), source (the source blog's code), diffusers:DDPMScheduler, diffusers:DDIMScheduler, "
+             "path/to/file.py:NAME or package.module:NAME (your object, or a class or zero-argument factory "
+             "that makes it).", show_default=False)],
     samples: Annotated[Optional[int], typer.Option("--samples", help="Values per t in the step's variance rows (default 16,384).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Root seed of the inputs and the generators given to the target.")] = None,
     schedule: Annotated[Optional[str], typer.Option("--schedule", help="Built-in targets: linear or cosine.")] = None,
@@ -23,7 +24,7 @@ def command(
     full: Annotated[bool, typer.Option("--full", help="One table row per test statistic (default: the worst of each group).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print every row as JSON.")] = False,
 ):
-    """The target exposes any of: betas / alphas_cumprod (+ schedule_claim), q_sample(x_0, t, noise), step(eps, t, x_t, generator), sample(model, shape, generator), loss(model, x_0, t, noise); t holds 0-based indices (timestep_base = 1 for paper steps). Each one found gets exact rows (to the rounding of its precision) and statistical rows (family-wise false-failure rate <= 1e-4); a missing one is "not provided", never a pass. README: "Verify your own implementation".
+    """The target exposes any of: betas / alphas_cumprod (+ schedule_claim), q_sample(x_0, t, noise), step(eps, t, x_t, generator), sample(model, shape, generator), loss(model, x_0, t, noise), ddim_step(eps, t, t_prev, x_t, eta, generator); t holds 0-based indices (timestep_base = 1 for paper steps). Each one found gets exact rows (to the rounding of its precision) and statistical rows (family-wise false-failure rate <= 1e-4); a missing one is "not provided", never a pass. README: "Verify your own implementation".
 
     Example: ddpm-check verify examples/correct_ddpm.py:ddpm
     """

@@ -70,6 +70,8 @@ def run(ctx: CheckContext) -> None:
     if ctx.sim in ("loop_index_slip", "loop_skip_last", "loop_last_noise"):
         ours.sample = _broken_loop(ours.diffusion, ctx.sim)
     tgt = targets.from_object(ours, "ddpm_check")
+    for m in ("ddim_step", "ddim_sample"):  # DDIM's loop has its own check (ddim), every visited step held
+        tgt.methods.pop(m, None)
     engine.run_sections(ctx, tgt, ctx.samples)
     where = "no CUDA here" if not torch.cuda.is_available() else "not yet held by this check"
     ctx.notes.append(f"paths: the CUDA-graph loop (p_sample_loop(graph=True)) was not run ({where}); the compiled "

@@ -39,6 +39,14 @@ class OurDiffusion:
     def loss(self, model, x_0, t, noise):
         return self.diffusion.loss(model, x_0, t=t, noise=noise)
 
+    def ddim_step(self, eps, t, t_prev, x_t, eta, generator):
+        return self.diffusion.ddim_step(eps, t, t_prev, x_t, eta, generator)
+
+    def ddim_sample(self, model, shape, steps, eta, generator):
+        from ddpm_check.ddim import DDIMConfig
+
+        return self.diffusion.ddim_sample_loop(model, shape, DDIMConfig(steps, eta, "leading"), generator=generator)
+
 
 def make(name: str, config: ScheduleConfig | None) -> Any:
     if name == "ddpm_check":
@@ -115,23 +123,59 @@ class _DiffusersDDPM:
         return out
 
 
+class _DiffusersDDIM:
+    """diffusers' DDIMScheduler under the protocol: its arrays, ``add_noise``, and ``ddim_step`` by
+    its ``step`` (one timestep per call; its stride T // num_inference_steps set from t - t_prev),
+    ``clip_sample`` off, ``set_alpha_to_one`` (abar_prev = 1 after the last visit)."""
+
+    def __init__(self, scheduler) -> None:
+        self.scheduler = scheduler
+        self.betas = scheduler.betas
+        self.alphas_cumprod = scheduler.alphas_cumprod
+        c = scheduler.config
+        if c.beta_schedule == "linear":
+            self.schedule_claim = {"kind": "linear", "beta_start": c.beta_start, "beta_end": c.beta_end}
+        elif c.beta_schedule == "squaredcos_cap_v2":
+            self.schedule_claim = {"kind": "cosine", "s": 0.008}
+
+    def q_sample(self, x_0, t, noise):
+        return self.scheduler.add_noise(x_0, noise, t)
+
+    def ddim_step(self, eps, t, t_prev, x_t, eta, generator):
+        T = self.scheduler.config.num_train_timesteps
+        out = torch.empty_like(x_t)
+        for k in sorted({int(v) for v in t.tolist()}, reverse=True):
+            m = t == k
+            strides = {int(v) for v in (k - t_prev[m]).tolist()}
+            if len(strides) != 1 or T % next(iter(strides)):
+                raise ValueError(f"diffusers' DDIMScheduler steps by T // num_inference_steps; got t={k} -> {sorted(strides)}")
+            self.scheduler.num_inference_steps = T // next(iter(strides))
+            out[m] = self.scheduler.step(eps[m], k, x_t[m], eta=float(eta), generator=generator).prev_sample
+        return out
+
+
 def diffusers_target(name: str, config: ScheduleConfig | None):
     from ddpm_check.errors import DDPMCheckError
     from ddpm_check.verify.targets import from_object
 
-    if name != "DDPMScheduler":
-        raise DDPMCheckError(f"unknown diffusers target {name!r}; verify knows diffusers:DDPMScheduler")
+    if name not in ("DDPMScheduler", "DDIMScheduler"):
+        raise DDPMCheckError(f"unknown diffusers target {name!r}; verify knows diffusers:DDPMScheduler and "
+                             f"diffusers:DDIMScheduler")
     try:
         import diffusers
     except ImportError:
         raise DDPMCheckError("diffusers is not installed: pip install diffusers (or pip install -e \".[test]\")") from None
     config = config or ScheduleConfig()
     kind = {"linear": "linear", "cosine": "squaredcos_cap_v2"}[config.kind]
-    sched = diffusers.DDPMScheduler(num_train_timesteps=config.T, beta_start=config.beta_start,
-                                    beta_end=config.beta_end, beta_schedule=kind, variance_type="fixed_small",
-                                    clip_sample=False, prediction_type="epsilon")
-    tgt = from_object(_DiffusersDDPM(sched), f"diffusers:{name}")
-    tgt.notes.append(f"diffusers {diffusers.__version__} DDPMScheduler(clip_sample=False, variance_type='fixed_small'); "
-                     "step is called once per distinct t of a batch (diffusers' step takes one timestep); a scheduler "
-                     "has no sampling loop and no loss")
+    common = dict(num_train_timesteps=config.T, beta_start=config.beta_start, beta_end=config.beta_end,
+                  beta_schedule=kind, clip_sample=False, prediction_type="epsilon")
+    if name == "DDPMScheduler":
+        tgt = from_object(_DiffusersDDPM(diffusers.DDPMScheduler(variance_type="fixed_small", **common)), f"diffusers:{name}")
+        tgt.notes.append(f"diffusers {diffusers.__version__} DDPMScheduler(clip_sample=False, variance_type='fixed_small'); "
+                         "step is called once per distinct t of a batch (diffusers' step takes one timestep); a "
+                         "scheduler has no sampling loop and no loss")
+        return tgt
+    tgt = from_object(_DiffusersDDIM(diffusers.DDIMScheduler(set_alpha_to_one=True, **common)), f"diffusers:{name}")
+    tgt.notes.append(f"diffusers {diffusers.__version__} DDIMScheduler(clip_sample=False, set_alpha_to_one=True); "
+                     "step is called once per distinct t of a batch, its stride set from t - t_prev")
     return tgt

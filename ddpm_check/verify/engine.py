@@ -532,17 +532,148 @@ def _loss(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
             note=f"the loss is {kind}", group="loss kind")
 
 
+#: DDIM rows: S visits of T with the "leading" spacing (diffusers' default), stride T // S
+DDIM_STEPS = 50
+DDIM_ETAS = (0.0, 1.0)
+
+
+def _ddim_visits(T: int) -> tuple[np.ndarray, np.ndarray]:
+    """(t, t_prev) of every visit of a leading-spacing DDIM run (t_prev = t - stride, < 0 after the last)."""
+    S = min(DDIM_STEPS, T)
+    k = T // S
+    ts = (np.arange(S) * k)[::-1]
+    return ts, ts - k
+
+
+def _ddim(ctx: CheckContext, tgt: Target, ref: Reference, samples: int) -> None:
+    fd = ctx.formulas("ddim")
+    T = ref.betas.size
+    ts, tps = _ddim_visits(T)
+    S = ts.size
+    per_t = max(1, -(-samples // int(np.prod(STEP_SHAPE))))
+    i = torch.as_tensor(np.repeat(ts, per_t))
+    ip = torch.as_tensor(np.repeat(tps, per_t))
+    n = i.numel()
+    shape = (n, *STEP_SHAPE)
+    dtype = _input_dtype(tgt)
+    g = torch.Generator().manual_seed(ctx.seed)
+    x_a, e_a, x_b, e_b = (torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for _ in range(4))
+    seed = int(torch.randint(0, 2**62, (1,), generator=g))
+    n_noisy = sum(1 for eta in DDIM_ETAS if eta > 0) * (S - 1)
+    alpha = ctx.set_tests(n_noisy + sum(1 for eta in DDIM_ETAS if eta > 0))
+    dof_t = per_t * int(np.prod(STEP_SHAPE))
+    ctx.notes.append(f"ddim: {S} visits of T = {T} (leading spacing, stride {T // S}), eta in {list(DDIM_ETAS)}; "
+                     f"{dof_t} values per visit; each variance row detects a relative error of "
+                     f"{stats.variance_detectable_ratio(dof_t, alpha):.3g}; the mean is exact (same generator state)")
+    ab = ref.alphas_cumprod
+    ab_t = ab[i.numpy()]
+    ab_p = np.where(ip.numpy() < 0, 1.0, ab[np.clip(ip.numpy(), 0, None)])
+    view = (-1, 1, 1, 1)
+    u = _u_of(tgt)
+    _, cond = _conditions(ref, i.numpy())
+    for eta in DDIM_ETAS:
+        sig = np.asarray(fd["sigma_eta"](eta=eta, alpha_bar_t=ab_t, alpha_bar_tm1=ab_p), dtype=np.float64)
+
+        def run(x, e):
+            torch.manual_seed(seed)
+            gen = torch.Generator().manual_seed(seed)
+            return _tensor(tgt, "ddim_step", tgt.call("ddim_step", e, _t_arg(tgt, i), _t_arg(tgt, ip), x, eta, gen),
+                           shape).to(torch.float64)
+
+        try:
+            out_a, out_b, out_a2 = run(x_a, e_a), run(x_b, e_b), run(x_a, e_a)
+        except TargetError as exc:
+            _failed_call(ctx, f"ddim_step, eta={eta:g}", f"{S} visits", exc, group=f"ddim eta={eta:g}")
+            continue
+        if not torch.equal(out_a, out_a2):
+            out = stats.TestOutcome("exact", float((out_a - out_a2).abs().max()), 0.0, None, math.inf, 0.5, 0.0, 0.0, n)
+            ctx.add("the DDIM step's noise comes from the given generator", f"eta={eta:g}", "target", out,
+                    group="ddim reproducible")
+            continue
+        kw = dict(alpha_bar_t=ab_t.reshape(view), alpha_bar_tm1=ab_p.reshape(view), sigma_t=sig.reshape(view))
+        xa, ea, xb, eb = (v.to(torch.float64).numpy() for v in (x_a, e_a, x_b, e_b))
+        mu_a = np.asarray(fd["ddim_mean_eps"](x_t=xa, eps=ea, **kw))
+        mu_b = np.asarray(fd["ddim_mean_eps"](x_t=xb, eps=eb, **kw))
+        # x0_hat divides by sqrt(abar_t): its terms, and the conditioning of 1 - abar, set the scale
+        r = np.sqrt(ab_p / ab_t).reshape(view)
+        terms = r * (np.abs(xa) + np.abs(xb)) + (r * np.sqrt(1 - ab_t).reshape(view) + 1.0) * (np.abs(ea) + np.abs(eb))
+        scale = terms * (1 + 4.0 / BUDGET["step"] * (cond - 1)) + np.abs(mu_a) + np.abs(mu_b)
+        diff, want, res = (out_a - out_b).numpy(), mu_a - mu_b, out_a.numpy() - mu_a
+        for k in range(S):
+            sl = slice(k * per_t, (k + 1) * per_t)
+            where = f"eta={eta:g} t={int(ts[k]) + 1}->{int(tps[k]) + 1 if tps[k] >= 0 else 0}"
+            _exact(ctx, "DDIM mean: sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps  (Song eq. 12)", where,
+                   "derivation ddim", diff[sl], want[sl], scale[sl], u, BUDGET["step"], group=f"ddim mean eta={eta:g}")
+        # the last visit lands on abar_prev = 1: sigma = 0 and x_0 = x0_hat, exactly
+        sl = slice((S - 1) * per_t, S * per_t)
+        _exact(ctx, "DDIM's last step: no noise, x_0 = x0_hat", f"eta={eta:g} t={int(ts[-1]) + 1}->0",
+               "derivation ddim", out_a.numpy()[sl], mu_a[sl], scale[sl], u, BUDGET["step"], group="ddim last step")
+        if eta == 0:
+            _exact(ctx, "eta = 0 is deterministic: x_prev = the mean", f"{S} visits", "derivation ddim",
+                   out_a.numpy(), mu_a, scale, u, BUDGET["step"], group="ddim eta=0")
+            continue
+        pooled, dof = 0.0, 0
+        for k in range(S - 1):
+            sl = slice(k * per_t, (k + 1) * per_t)
+            rr = res[sl].reshape(-1)
+            ss = float(rr @ rr)
+            s2 = float(sig[k * per_t]) ** 2
+            o = stats.chi2_variance_test(ss, rr.size, s2, alpha)
+            o = stats.TestOutcome(o.kind, o.estimate, o.expected, o.se, o.statistic, o.threshold, o.alpha, o.delta, rr.size)
+            ctx.add("DDIM noise variance = sigma_t(eta)^2  (Song eq. 16)", f"eta={eta:g} t={int(ts[k]) + 1}",
+                    "derivation ddim", o, group=f"ddim variance eta={eta:g}")
+            pooled += ss / s2
+            dof += rr.size
+        o = stats.chi2_variance_test(pooled, dof, 1.0, alpha)
+        o = stats.TestOutcome(o.kind, o.estimate, o.expected, o.se, o.statistic, o.threshold, o.alpha, o.delta, dof)
+        ctx.add("DDIM noise / sigma_t, pooled: variance 1", f"eta={eta:g}", "derivation ddim", o,
+                group=f"ddim variance pooled eta={eta:g}")
+    if tgt.provides("ddim_sample"):
+        _ddim_sampler(ctx, tgt, ref)
+
+
+def _ddim_sampler(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
+    T = ref.betas.size
+    ts, tps = _ddim_visits(T)
+    shape = SAMPLER_SHAPE
+
+    def model(x, t):
+        tt = (t.to(torch.float64) - tgt.timestep_base).reshape(-1, *([1] * (x.dim() - 1))) / max(T, 1)
+        return (0.5 * torch.tanh(x.to(torch.float64)) + 0.1 * tt).to(x.dtype)
+
+    for eta in DDIM_ETAS:
+        try:
+            torch.manual_seed(ctx.seed)
+            got = tgt.call("ddim_sample", model, shape, int(ts.size), eta, torch.Generator().manual_seed(ctx.seed))
+            got = _tensor(tgt, "ddim_sample", got, shape).to(torch.float64)
+            torch.manual_seed(ctx.seed)
+            g = torch.Generator().manual_seed(ctx.seed)
+            x = torch.randn(shape, generator=g)
+            for t, tp in zip(ts.tolist(), tps.tolist()):
+                tt = torch.full((shape[0],), t, dtype=torch.long) + tgt.timestep_base
+                tq = torch.full((shape[0],), tp, dtype=torch.long) + tgt.timestep_base
+                x = _tensor(tgt, "ddim_step", tgt.call("ddim_step", model(x, tt), tt, tq, x, eta, g), shape)
+        except TargetError as exc:
+            _failed_call(ctx, f"ddim_sample, eta={eta:g}", f"S={ts.size}", exc, group="ddim sample")
+            continue
+        scale = got.abs().numpy() + x.to(torch.float64).abs().numpy() + 1.0
+        _exact(ctx, "DDIM sample = its steps replayed with the same noise stream", f"eta={eta:g} S={ts.size}",
+               "target ddim_step", got.numpy(), x.to(torch.float64).numpy(), scale, _u_of(tgt), 4.0 * ts.size,
+               group="ddim sample")
+
+
 SECTIONS: dict[str, tuple[str, Callable]] = {
     "schedule": ("the arrays and the schedule they claim", _schedule),
     "q_sample": ("q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, 1 - alpha_bar_t)  (eq. 4)", _forward),
     "step": ("one reverse step: mean (eq. 11) exact, variance beta_tilde_t, no noise at t = 1  (Alg. 2)", _step),
     "sample": ("the whole sampler equals its steps  (Alg. 2)", _sampler),
     "loss": ("the loss noises x_0 at the t it gives the model  (eq. 14)", _loss),
+    "ddim_step": ("a DDIM step: mean (Song eq. 12) exact, variance sigma(eta)^2 (eq. 16), x0_hat at the end", _ddim),
 }
 #: the sections with statistical rows (they share the false-failure level)
-STATISTICAL = ("step",)
+STATISTICAL = ("step", "ddim_step")
 #: the derivations whose results the rows read
-NEEDS = ("marginal", "mean-eps", "posterior")
+NEEDS = ("marginal", "mean-eps", "posterior", "ddim")
 
 
 def run_sections(ctx: CheckContext, tgt: Target, samples: int) -> list[str]:
@@ -556,7 +687,7 @@ def run_sections(ctx: CheckContext, tgt: Target, samples: int) -> list[str]:
             continue
         fn = SECTIONS[cap][1]
         ctx.say(f"{cap} ...")
-        fn(ctx, tgt, ref, samples) if cap == "step" else fn(ctx, tgt, ref)
+        fn(ctx, tgt, ref, samples) if cap in ("step", "ddim_step") else fn(ctx, tgt, ref)
     return missing
 
 
@@ -588,7 +719,7 @@ def verify(tgt: Target, samples: int = DEFAULT_SAMPLES, seed: int = stats.DEFAUL
             if progress is not None:
                 progress(f"verify {tgt.label}: {cap} ...")
             t1 = time.perf_counter()
-            if cap == "step":
+            if cap in ("step", "ddim_step"):
                 fn(ctx, tgt, ref, samples)
             else:
                 fn(ctx, tgt, ref)

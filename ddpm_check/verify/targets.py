@@ -30,7 +30,7 @@ import numpy as np
 from ddpm_check.errors import DDPMCheckError, first_line
 
 #: the capabilities of the protocol, in the order the engine checks them
-CAPABILITIES = ("schedule", "q_sample", "step", "sample", "loss")
+CAPABILITIES = ("schedule", "q_sample", "step", "sample", "loss", "ddim_step")
 #: seconds one call into a target may take before it is stopped
 CALL_TIME_LIMIT_S = 60.0
 BUILTIN = ("ddpm_check", "source")
@@ -133,7 +133,7 @@ def _as_array(value: Any, name: str, label: str) -> tuple[np.ndarray, str]:
 def from_object(obj: Any, label: str) -> Target:
     """The protocol's capabilities found on ``obj`` (see :mod:`ddpm_check.verify`)."""
     tgt = Target(label, obj)
-    for name in ("q_sample", "step", "sample", "loss"):
+    for name in ("q_sample", "step", "sample", "loss", "ddim_step", "ddim_sample"):
         fn = getattr(obj, name, None)
         if callable(fn):
             tgt.methods[name] = fn
