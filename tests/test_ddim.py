@@ -180,3 +180,25 @@ def test_sample_with_ddim_counts_its_steps_and_shows_visited_steps():
     x2, ts, frames = sample_with_strip(fake, 7, seed=0, batch_size=4, ddim=cfg, strip_rows=3)
     assert torch.equal(x, x2) and frames.shape[:2] == (3, len(ts))
     assert math.isclose(float(frames[0, -1].sum()), float(x[0].sum()))
+
+
+def test_ddim_step_replays_the_loop_exactly_and_refuses_bad_t_prev():
+    from ddpm_check.schedules import make_schedule
+
+    d = GaussianDiffusion(make_schedule(T=60))
+    model = lambda x, t: 0.5 * torch.tanh(x) + 0.01 * t.reshape(-1, 1, 1, 1)  # noqa: E731
+    for eta, spacing in ((0.0, "leading"), (1.0, "trailing"), (0.5, "linspace")):
+        cfg = DDIMConfig(12, eta, spacing)
+        loop = d.ddim_sample_loop(model, (5, 1, 4, 4), cfg, generator=torch.Generator().manual_seed(2))
+        g = torch.Generator().manual_seed(2)
+        x = torch.randn((5, 1, 4, 4), generator=g)
+        ts = [int(v) for v in timesteps(60, 12, spacing)]
+        for k, t in enumerate(ts):
+            tp = ts[k + 1] if k + 1 < len(ts) else -1
+            x = d.ddim_step(model(x, torch.full((5,), t)), torch.full((5,), t), torch.full((5,), tp), x, eta, g)
+        assert torch.equal(loop, x), (eta, spacing)
+    x = torch.zeros(2, 1, 4, 4)
+    with pytest.raises(DDPMCheckError, match="t_prev must be below t"):
+        d.ddim_step(x, torch.tensor([5, 5]), torch.tensor([5, 4]), x)
+    with pytest.raises(DDPMCheckError, match="eta must be a number in"):
+        d.ddim_step(x, torch.tensor([5, 5]), torch.tensor([4, 4]), x, eta=2.0)
