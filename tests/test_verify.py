@@ -248,3 +248,30 @@ def test_ddim_targets_pass():
         assert {"ddim last step", "ddim eta=0", "ddim variance eta=1"} <= {r.group for r in ddim.rows}
     ours = next(r for r in _run("ddpm_check").results if r.name == "ddim_step")
     assert "ddim sample" in {r.group for r in ours.rows}  # our loop against our steps
+
+
+@pytest.mark.parametrize("zero_snr, prediction", [(False, "x0"), (False, "v"), (True, "v")])
+def test_x0_and_v_prediction_targets_pass_and_a_flipped_v_fails(zero_snr, prediction):
+    from ddpm_check.schedules import ScheduleConfig
+    from ddpm_check.verify.builtin import OurDiffusion
+
+    cfg = ScheduleConfig(T=300, zero_snr=zero_snr)
+    rep = engine.verify(targets.from_object(OurDiffusion(cfg, prediction=prediction), prediction), samples=FAST)
+    assert rep.passed, _failing(rep)
+    assert len(rep.results) == 6
+
+    class Flipped(OurDiffusion):  # the step reads -output: for v, x0_hat = sqrt(abar) x_t + sqrt(1 - abar) v
+        def step(self, out, t, x_t, generator):
+            return super().step(-out, t, x_t, generator)
+
+    obj = Flipped(cfg, prediction=prediction)
+    obj.ddim_step = obj.ddim_sample = None
+    bad = _failing(engine.verify(targets.from_object(obj, "flipped"), samples=FAST))
+    assert "step" in bad and "mean" in {r.group for r in bad["step"]}
+
+
+def test_a_bad_prediction_attribute_is_one_line(tmp_path):
+    path = _module(tmp_path, "import numpy as np\nclass T:\n    betas = np.linspace(1e-4, 0.02, 10)\n"
+                             "    prediction = 'epsilon'\nddpm = T\n")
+    with pytest.raises(DDPMCheckError, match="prediction must be 'eps', 'x0' or 'v'.*got 'epsilon'"):
+        targets.load(f"{path}:ddpm")

@@ -12,9 +12,12 @@
   x_T drawn first from ``generator`` (``torch.randn(shape, generator=generator)``), then each
   step's noise from it;
 * ``loss(model, x_0, t, noise)``: the training loss of one batch;
+* ``ddim_step(eps, t, t_prev, x_t, eta, generator) -> x_prev`` (t_prev < 0: after the last visit,
+  abar_prev = 1) and optionally ``ddim_sample(model, shape, steps, eta, generator)`` (leading spacing);
 * optionally ``timestep_base`` (0, the default: t holds 0-based indices, as ``ddpm_check``,
-  guided-diffusion and diffusers; 1: paper steps) and ``variance`` (``"beta_tilde"``, the
-  default, or ``"beta"``: Ho et al.'s two choices of sigma_t^2).
+  guided-diffusion and diffusers; 1: paper steps), ``variance`` (``"beta_tilde"``, the
+  default, or ``"beta"``: Ho et al.'s two choices of sigma_t^2) and ``prediction`` (``"eps"``,
+  the default, ``"x0"`` or ``"v"``: what the model output given to step, sample and loss is).
 
 Tensors are torch ``[N, C, H, W]``, t a long tensor ``[N]``.  Every capability found gets its rows
 (:mod:`ddpm_check.verify.engine`); a missing one is reported "not provided", never a pass.  A

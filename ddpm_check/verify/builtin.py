@@ -14,15 +14,19 @@ class OurDiffusion:
     """ddpm_check's paths behind the protocol: q_sample, p_sample (step), p_sample_loop (sample),
     loss; the schedule's float64 arrays and the linear/cosine claim of its config."""
 
-    def __init__(self, config: ScheduleConfig | None = None, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, config: ScheduleConfig | None = None, dtype: torch.dtype = torch.float32,
+                 prediction: str = "eps") -> None:
         from ddpm_check.diffusion import GaussianDiffusion
 
         config = config or ScheduleConfig()
         sched = Schedule.from_config(config)
-        self.diffusion = GaussianDiffusion(sched, dtype=dtype)
+        self.diffusion = GaussianDiffusion(sched, dtype=dtype, prediction=prediction)
+        self.prediction = prediction
         self.betas = sched.betas
         self.alphas_cumprod = sched.alphas_cumprod
-        if config.kind == "linear":
+        if config.zero_snr:
+            self.schedule_claim = None  # the rescaled betas are no longer the named schedule's
+        elif config.kind == "linear":
             self.schedule_claim = {"kind": "linear", "beta_start": config.beta_start, "beta_end": config.beta_end}
         elif config.kind == "cosine":
             self.schedule_claim = {"kind": "cosine", "s": 0.008}

@@ -366,24 +366,44 @@ def _step(ctx: CheckContext, tgt: Target, ref: Reference, samples: int) -> None:
     view = (-1, 1, 1, 1)
     xa, ea, xb, eb = (v.to(torch.float64).numpy() for v in (x_a, e_a, x_b, e_b))
     inp4 = {k: np.asarray(v).reshape(view) for k, v in inp.items()}
-    mu_a = np.asarray(fm["mu_tilde_t_eps"](x_t=xa, eps=ea, **inp4))
-    mu_b = np.asarray(fm["mu_tilde_t_eps"](x_t=xb, eps=eb, **inp4))
-    c_eps = (ref.betas / np.sqrt(1.0 - ref.alphas_cumprod) / np.sqrt(ref.alphas))[ii].reshape(view)
-    r_sqrt = (1.0 / np.sqrt(ref.alphas))[ii].reshape(view)
+    _, cond = _conditions(ref, ii)
+    if tgt.prediction == "eps":
+        mu_a = np.asarray(fm["mu_tilde_t_eps"](x_t=xa, eps=ea, **inp4))
+        mu_b = np.asarray(fm["mu_tilde_t_eps"](x_t=xb, eps=eb, **inp4))
+        c_eps = (ref.betas / np.sqrt(1.0 - ref.alphas_cumprod) / np.sqrt(ref.alphas))[ii].reshape(view)
+        r_sqrt = (1.0 / np.sqrt(ref.alphas))[ii].reshape(view)
+        terms = r_sqrt * (np.abs(xa) + np.abs(xb)) + c_eps * (np.abs(ea) + np.abs(eb))
+    else:  # the output read as x_0 or v (derivation parametrizations), the mean as eq. 7 at x0_hat
+        fz = ctx.formulas("parametrizations")
+        x0a, x0b = (np.asarray(fz["x_0_from_v"](x_t=x, v=e, alpha_bar_t=inp4["alpha_bar_t"]))
+                    if tgt.prediction == "v" else e for x, e in ((xa, ea), (xb, eb)))
+        mu_a = np.asarray(fp["mu_tilde_t"](x_0=x0a, x_t=xa, **inp4))
+        mu_b = np.asarray(fp["mu_tilde_t"](x_0=x0b, x_t=xb, **inp4))
+        c1 = np.asarray(fp["posterior_mean_coef1"](**inp4))
+        c2 = np.asarray(fp["posterior_mean_coef2"](**inp4))
+        sab = np.sqrt(inp4["alpha_bar_t"])
+        x0_terms = (np.abs(x0a) + np.abs(x0b)) if tgt.prediction == "x0" else (
+            sab * (np.abs(xa) + np.abs(xb)) + np.sqrt(1 - inp4["alpha_bar_t"]) * (np.abs(ea) + np.abs(eb)))
+        terms = c1 * x0_terms + c2 * (np.abs(xa) + np.abs(xb))
     # any route to the mean (eq. 11, or eq. 7 at x0_hat as diffusers takes) rounds 1 - alpha_bar_t
     # and 1 - alpha_bar_{t-1} in the target's precision: 4 units of roundoff per unit of conditioning
-    _, cond = _conditions(ref, ii)
-    terms = r_sqrt * (np.abs(xa) + np.abs(xb)) + c_eps * (np.abs(ea) + np.abs(eb))
-    scale = terms * (1 + 4.0 / BUDGET["step"] * (cond - 1)) + np.abs(mu_a) + np.abs(mu_b)
+    # the outputs round with their noise term too (sigma z, as large as the mean at a zero-SNR t = T)
+    scale = (terms * (1 + 4.0 / BUDGET["step"] * (cond - 1)) + np.abs(mu_a) + np.abs(mu_b)
+             + np.abs(out_a.numpy() - mu_a) + np.abs(out_b.numpy() - mu_b))
     diff = (out_a - out_b).numpy()
     want = mu_a - mu_b
     res = out_a.numpy() - mu_a
     var_t = (ref.betas if var_name == "beta" else np.asarray(fp["posterior_variance"](**ref.inputs(np.arange(T)))))
     for k in range(T):
         sl = slice(k * per_t, (k + 1) * per_t)
-        _exact(ctx, "mean: (x_t - beta_t/sqrt(1 - alpha_bar_t) eps)/sqrt(alpha_t)  (eq. 11)", f"t={k + 1}",
-               "derivation mean-eps", diff[sl], want[sl], scale[sl], u, BUDGET["step"],
-               note=_diagnose_mean(diff[sl], xa[sl] - xb[sl], ea[sl] - eb[sl], ref, k), group="mean")
+        if tgt.prediction == "eps":
+            _exact(ctx, "mean: (x_t - beta_t/sqrt(1 - alpha_bar_t) eps)/sqrt(alpha_t)  (eq. 11)", f"t={k + 1}",
+                   "derivation mean-eps", diff[sl], want[sl], scale[sl], u, BUDGET["step"],
+                   note=_diagnose_mean(diff[sl], xa[sl] - xb[sl], ea[sl] - eb[sl], ref, k), group="mean")
+        else:
+            _exact(ctx, f"mean: mu_tilde_t(x_t, x0_hat) with x0_hat from the {tgt.prediction} output  (eq. 7)",
+                   f"t={k + 1}", "derivations posterior, parametrizations", diff[sl], want[sl], scale[sl], u,
+                   BUDGET["step"], group="mean")
     # index 0 (paper t = 1): no noise, exactly
     sl0 = slice(0, per_t)
     _exact(ctx, "no noise at t = 1: x_0 = the mean", "t=1", "Ho et al. Alg. 2", out_a.numpy()[sl0], mu_a[sl0],
@@ -525,11 +545,18 @@ def _loss(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
         v = float(value)
     except (TypeError, ValueError):
         return
-    l2, l1 = float(np.mean(nn**2)), float(np.mean(np.abs(nn)))
+    if tgt.prediction == "eps":
+        target = nn
+    elif tgt.prediction == "x0":
+        target = x0n
+    else:
+        target = np.asarray(ctx.formulas("parametrizations")["v_from_eps_x_0"](
+            eps=nn, x_0=x0n, alpha_bar_t=ref.alphas_cumprod[i.numpy()].reshape(-1, 1, 1, 1)))
+    l2, l1 = float(np.mean(target**2)), float(np.mean(np.abs(target)))
     kind = "L2 (Ho et al. eq. 14)" if abs(v - l2) <= 1e-4 * l2 else ("L1 (not eq. 14)" if abs(v - l1) <= 1e-4 * l1 else "neither")
     out = stats.TestOutcome("exact", v, l2, None, abs(v - l2) / (1e-4 * l2), 1.0, 0.0, 1e-4 * l2, T)
-    ctx.add("loss of a zero prediction = mean(eps^2)", f"t=1..{T}", "Ho et al. eq. 14", out, role=ROLE_DIAGNOSTIC,
-            note=f"the loss is {kind}", group="loss kind")
+    ctx.add(f"loss of a zero prediction = mean({tgt.prediction} target^2)", f"t=1..{T}", "Ho et al. eq. 14", out,
+            role=ROLE_DIAGNOSTIC, note=f"the loss is {kind}", group="loss kind")
 
 
 #: DDIM rows: S visits of T with the "leading" spacing (diffusers' default), stride T // S
@@ -592,12 +619,20 @@ def _ddim(ctx: CheckContext, tgt: Target, ref: Reference, samples: int) -> None:
             continue
         kw = dict(alpha_bar_t=ab_t.reshape(view), alpha_bar_tm1=ab_p.reshape(view), sigma_t=sig.reshape(view))
         xa, ea, xb, eb = (v.to(torch.float64).numpy() for v in (x_a, e_a, x_b, e_b))
-        mu_a = np.asarray(fd["ddim_mean_eps"](x_t=xa, eps=ea, **kw))
-        mu_b = np.asarray(fd["ddim_mean_eps"](x_t=xb, eps=eb, **kw))
+        if tgt.prediction == "eps":
+            mu_a = np.asarray(fd["ddim_mean_eps"](x_t=xa, eps=ea, **kw))
+            mu_b = np.asarray(fd["ddim_mean_eps"](x_t=xb, eps=eb, **kw))
+        else:  # x0_hat from the output (derivation parametrizations), then the x_0 form of the step
+            fz = ctx.formulas("parametrizations")
+            x0a, x0b = (np.asarray(fz["x_0_from_v"](x_t=x, v=e, alpha_bar_t=kw["alpha_bar_t"]))
+                        if tgt.prediction == "v" else e for x, e in ((xa, ea), (xb, eb)))
+            mu_a = np.asarray(fd["ddim_mean"](x_t=xa, x_0=x0a, **kw))
+            mu_b = np.asarray(fd["ddim_mean"](x_t=xb, x_0=x0b, **kw))
         # x0_hat divides by sqrt(abar_t): its terms, and the conditioning of 1 - abar, set the scale
         r = np.sqrt(ab_p / ab_t).reshape(view)
         terms = r * (np.abs(xa) + np.abs(xb)) + (r * np.sqrt(1 - ab_t).reshape(view) + 1.0) * (np.abs(ea) + np.abs(eb))
-        scale = terms * (1 + 4.0 / BUDGET["step"] * (cond - 1)) + np.abs(mu_a) + np.abs(mu_b)
+        scale = (terms * (1 + 4.0 / BUDGET["step"] * (cond - 1)) + np.abs(mu_a) + np.abs(mu_b)
+                 + np.abs(out_a.numpy() - mu_a) + np.abs(out_b.numpy() - mu_b))  # sigma z rounds too
         diff, want, res = (out_a - out_b).numpy(), mu_a - mu_b, out_a.numpy() - mu_a
         for k in range(S):
             sl = slice(k * per_t, (k + 1) * per_t)
@@ -673,7 +708,7 @@ SECTIONS: dict[str, tuple[str, Callable]] = {
 #: the sections with statistical rows (they share the false-failure level)
 STATISTICAL = ("step", "ddim_step")
 #: the derivations whose results the rows read
-NEEDS = ("marginal", "mean-eps", "posterior", "ddim")
+NEEDS = ("marginal", "mean-eps", "posterior", "ddim", "parametrizations")
 
 
 def run_sections(ctx: CheckContext, tgt: Target, samples: int) -> list[str]:

@@ -55,6 +55,7 @@ class Target:
     schedule_claim: dict | None = None
     timestep_base: int = 0
     variance: str = "beta_tilde"
+    prediction: str = "eps"  # what the model output that step/sample/loss take is: eps, x0 or v
     q_sample_draws_noise: bool = False  # q_sample(x_0, t) -> (x_t, noise): it draws its own
     notes: list[str] = field(default_factory=list)
 
@@ -158,6 +159,10 @@ def from_object(obj: Any, label: str) -> Target:
     if var not in ("beta_tilde", "beta"):
         raise TargetError(f"{label}.variance must be 'beta_tilde' or 'beta' (Ho et al.'s two choices), got {var!r}")
     tgt.variance = var
+    pred = getattr(obj, "prediction", "eps")
+    if pred not in ("eps", "x0", "v"):
+        raise TargetError(f"{label}.prediction must be 'eps', 'x0' or 'v' (what its model outputs), got {pred!r}")
+    tgt.prediction = pred
     if not any(tgt.provides(c) for c in CAPABILITIES):
         raise TargetError(f"{label} provides nothing of the protocol (betas or alphas_cumprod, q_sample, step, "
                           f"sample, loss); see `ddpm-check verify --help`")
