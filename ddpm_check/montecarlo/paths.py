@@ -11,8 +11,6 @@ its static step to the eager loop on the CPU.  See :mod:`ddpm_check.verify.engin
 
 from __future__ import annotations
 
-import torch
-
 from ddpm_check.montecarlo.context import CheckContext, default_schedule
 from ddpm_check.montecarlo.variants import Variant, swap_symbol
 
@@ -34,6 +32,7 @@ VARIANTS = (
 
 def _broken_loop(diffusion, kind: str):
     """A copy of p_sample_loop's eager arithmetic with one deliberate mistake (variants only)."""
+    import torch
 
     @torch.no_grad()
     def loop(model, shape, generator):
@@ -62,6 +61,8 @@ def _broken_loop(diffusion, kind: str):
 def run(ctx: CheckContext) -> None:
     """The verify engine's sections on our float32 GaussianDiffusion (ctx.samples values per t in
     the step's variance rows)."""
+    import torch
+
     from ddpm_check.verify import engine, targets
     from ddpm_check.verify.builtin import OurDiffusion
 

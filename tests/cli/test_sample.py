@@ -80,7 +80,7 @@ def test_sample_and_evaluate_with_ddim(trained, tmp_path, clean_error):
     s = load_sampler(out, device="cpu")
     assert torch.equal(torch.from_numpy(np.load(doc["npy"])), sample(s, 3, seed=0, ddim=DDIMConfig(5, 0.5, "linspace")))
     r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "2", "--out", str(tmp_path / "p"), "--json"])
-    assert json.loads(r.stdout)["sampler"] == {"sampler": "ddpm", "steps": 20}
+    assert json.loads(r.stdout)["sampler"] == {"sampler": "ddpm", "steps": 20, "prediction": "eps", "zero_snr": False}
     r = runner.invoke(app, ["sample", "--checkpoint", str(out), "-n", "2", "--sampler", "ddim", "--out", str(tmp_path / "t")])
     assert r.exit_code == 0 and "DDIM, 20 steps, eta 0, trailing spacing" in r.output  # default steps: min(50, T)
     r = runner.invoke(app, ["evaluate", "--checkpoint", str(out), "-n", "8", "--sampler", "ddim", "--steps", "4", "--json"])
