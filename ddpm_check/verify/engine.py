@@ -146,6 +146,8 @@ def _t_arg(tgt: Target, i: torch.Tensor) -> torch.Tensor:
 
 
 def _input_dtype(tgt: Target) -> torch.dtype:
+    """The dtype of the tensors fed to a target: float32, as models and samplers run (a float64
+    target promotes them; the exact rows' budgets use float32's roundoff at least)."""
     return torch.float32
 
 
