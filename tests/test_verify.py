@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from cli import app
@@ -38,7 +39,7 @@ def test_our_paths_and_the_correct_example_pass(reports):
     five = ["schedule", "q_sample", "step", "sample", "loss"]
     for rep, ddim in ((ours, True), (reports["correct_ddpm"], False)):
         assert rep.passed, _failing(rep)
-        assert [r.name for r in rep.results] == five + (["ddim_step"] if ddim else [])
+        assert [r.name for r in rep.results] == five + (["ddim_step"] if ddim else []) + ["sample law"]
         assert rep.not_provided == ([] if ddim else ["ddim_step"])
         assert rep.alpha_spent <= 1e-4 * (1 + 1e-9)
 
@@ -157,7 +158,7 @@ def test_cli_verify_exit_codes_and_strict_json(tmp_path):
     assert r.exit_code == 1
     doc = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert doc["passed"] is False and doc["target"].endswith("broken_last_step_noise.py:ddpm")
-    assert {s["check"] for s in doc["sections"]} == {"schedule", "q_sample", "step", "sample", "loss"}
+    assert {s["check"] for s in doc["sections"]} == {"schedule", "q_sample", "step", "sample", "loss", "sample law"}
     assert doc["not_provided"] == ["ddim_step"]
     r = runner.invoke(app, ["verify", "ddpm_check", "-T", "20", "--samples", str(FAST)])
     assert r.exit_code == 0, r.output
@@ -258,7 +259,7 @@ def test_x0_and_v_prediction_targets_pass_and_a_flipped_v_fails(zero_snr, predic
     cfg = ScheduleConfig(T=300, zero_snr=zero_snr)
     rep = engine.verify(targets.from_object(OurDiffusion(cfg, prediction=prediction), prediction), samples=FAST)
     assert rep.passed, _failing(rep)
-    assert len(rep.results) == 6
+    assert len(rep.results) == 7
 
     class Flipped(OurDiffusion):  # the step reads -output: for v, x0_hat = sqrt(abar) x_t + sqrt(1 - abar) v
         def step(self, out, t, x_t, generator):
@@ -275,3 +276,28 @@ def test_a_bad_prediction_attribute_is_one_line(tmp_path):
                              "    prediction = 'epsilon'\nddpm = T\n")
     with pytest.raises(DDPMCheckError, match="prediction must be 'eps', 'x0' or 'v'.*got 'epsilon'"):
         targets.load(f"{path}:ddpm")
+
+
+def test_the_sample_law_row_is_a_test_where_the_start_is_exact_and_catches_a_noiseless_sampler():
+    from ddpm_check.schedules import ScheduleConfig
+    from ddpm_check.verify.builtin import OurDiffusion
+
+    def law(obj):
+        rep = engine.verify(targets.from_object(obj, "t"), samples=FAST)
+        return next(r for r in rep.results if r.name == "sample law")
+
+    # the source's T = 300 leaves sqrt(abar_T) = 0.22 of x_0: reported as a diagnostic, not a failure
+    assert {r.role for r in law(OurDiffusion()).rows} == {"diagnostic"}
+    good = law(OurDiffusion(ScheduleConfig(T=1000)))
+    assert {r.role for r in good.rows} == {"test"} and good.passed
+
+    class NoNoise(OurDiffusion):  # the whole loop without its noise terms: the law collapses
+        def sample(self, model, shape, generator):
+            x = torch.randn(shape, generator=generator)
+            for i in reversed(range(self.diffusion.T)):
+                t = torch.full((shape[0],), i, dtype=torch.long)
+                x = self.diffusion.p_mean_variance(model, x, t)["mean"]
+            return x
+
+    bad = law(NoNoise(ScheduleConfig(T=1000)))
+    assert not bad.passed and max(r.margin for r in bad.tests) > 3.0

@@ -506,6 +506,48 @@ def _sampler(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
                 "index slip or a missing noise term of any size shows here", group="sample")
 
 
+#: samples drawn by the target's sampler for the whole-distribution row
+LAW_SAMPLES = 4_000
+
+
+def _sampler_law(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
+    """The target's ``sample`` with the exact denoiser of check sampler's 2-D mixture (its data law
+    known in closed form): KS of 4 projections of its output against that law (DKWM threshold,
+    plus the start mismatch TV(q(x_T), N(0, I)) of the target's schedule, a data-processing bound).
+    A test when that mismatch is at most half the threshold and the steps are fine (as check
+    sampler decides); a diagnostic otherwise (the source's T = 300: sqrt(abar_T) = 0.22 left)."""
+    from ddpm_check.montecarlo import sampler as SM
+    from ddpm_check.montecarlo.results import ROLE_TEST
+
+    mix = SM.sampler_mixture()
+    ab_T = float(ref.alphas_cumprod[-1])
+    tv = 0.0 if ab_T == 0.0 else SM.start_mismatch_tv(mix, ab_T)
+    fine = bool(np.all(ref.betas[ref.alphas_cumprod >= SM.FINE_ALPHA_BAR] <= SM.FINE_BETA))
+    n, dirs = LAW_SAMPLES, SM.SAMPLER_DIRECTIONS
+    alpha = ctx.set_tests(len(dirs))
+    eps = stats.dkwm_epsilon(n, alpha)
+    role = ROLE_TEST if (tv <= 0.5 * eps and fine) else ROLE_DIAGNOSTIC
+    exact = mix.predictor(ref.alphas_cumprod, tgt.prediction)
+
+    def model(x, t):
+        return exact(x, t.to(torch.long) - tgt.timestep_base).to(x.dtype)
+
+    shape = (n, 1, 1, mix.dim)
+    try:
+        torch.manual_seed(ctx.seed)
+        x = tgt.call("sample", model, shape, torch.Generator().manual_seed(ctx.seed))
+        x = _tensor(tgt, "sample", x, shape).to(torch.float64).reshape(n, mix.dim).numpy()
+    except TargetError as exc:
+        _failed_call(ctx, "sample with the exact denoiser", f"n={n}", exc, group="sample law")
+        return
+    note = (f"start N(0,I) vs q(x_T): TV {tv:.4f}" + ("" if fine else "; coarse steps")
+            + ("" if role == ROLE_TEST else ": a diagnostic, 'finding' = the output differs from the data law"))
+    for u, name in zip(dirs, ("e1", "e2", "(e1+e2)/sqrt2", "(e1-e2)/sqrt2")):
+        out = stats.ks_test(x @ u, lambda v, u=u: mix.projection_cdf(u, v), alpha)
+        ctx.add("law of u.x_0 (KS) with the exact denoiser", f"u={name}", "check sampler's mixture", out,
+                role=role, note=note, threshold=eps + tv if role == ROLE_TEST else eps, group="sample law")
+
+
 def _loss(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
     fm = ctx.formulas("marginal")
     T = ref.betas.size
@@ -707,8 +749,13 @@ SECTIONS: dict[str, tuple[str, Callable]] = {
     "loss": ("the loss noises x_0 at the t it gives the model  (eq. 14)", _loss),
     "ddim_step": ("a DDIM step: mean (Song eq. 12) exact, variance sigma(eta)^2 (eq. 16), x0_hat at the end", _ddim),
 }
+#: sections of their own that verify runs for a capability after its main one (check paths leaves
+#: them to the checks that already hold our loop's law: sampler)
+EXTRA_SECTIONS: dict[str, tuple[str, str, Callable]] = {
+    "sample law": ("sample", "the sampler with the exact denoiser samples the data law  (Alg. 2)", _sampler_law),
+}
 #: the sections with statistical rows (they share the false-failure level)
-STATISTICAL = ("step", "ddim_step")
+STATISTICAL = ("step", "ddim_step", "sample law")
 #: the derivations whose results the rows read
 NEEDS = ("marginal", "mean-eps", "posterior", "ddim", "parametrizations")
 
@@ -742,16 +789,19 @@ def verify(tgt: Target, samples: int = DEFAULT_SAMPLES, seed: int = stats.DEFAUL
             report.not_provided.append(cap)
             continue
         if cap == "sample" and not tgt.provides("step"):
-            report.skipped[cap] = "the sampler is compared with the target's own steps: it needs step"
+            report.skipped[cap] = ("its comparison with the target's own steps needs step (its law with the exact "
+                                   "denoiser is checked)")
             continue
         if ref is None:
             report.skipped[cap] = "needs betas or alphas_cumprod (the reference coefficients come from them)"
             continue
         run.append(cap)
-    n_stat = max(1, sum(c in STATISTICAL for c in run))
+    sections = [(cap, *SECTIONS[cap]) for cap in run]
+    sections += [(name, title, fn) for name, (cap, title, fn) in EXTRA_SECTIONS.items()
+                 if tgt.provides(cap) and ref is not None]
+    n_stat = max(1, sum(name in STATISTICAL for name, _, _ in sections))
     with torch.no_grad():
-        for cap in run:
-            title, fn = SECTIONS[cap]
+        for cap, title, fn in sections:
             ctx = CheckContext(cap, title, samples, seed, None, None, n_checks=n_stat, needs=NEEDS)
             if progress is not None:
                 progress(f"verify {tgt.label}: {cap} ...")
