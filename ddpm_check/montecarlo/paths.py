@@ -5,7 +5,8 @@ The target is ``GaussianDiffusion`` in float32 (as training and sampling run it)
 schedule: its arrays and claimed schedule, ``q_sample`` at every t, ``p_sample`` (mean exact at
 every t, no noise at t = 1 per element, the noise's variance per t and pooled), ``p_sample_loop``
 (the fast in-place loop) against ``p_sample`` replayed with the same noise stream, and ``loss``
-(the t the model is given).  The CUDA-graph loop is not run here (a note says so); the tests hold
+(the t the model is given); and the public helpers outside that path, ``predict_x0_from_eps``
+and ``p_mean_variance(clip_denoised=True)``, exactly.  The CUDA-graph loop is not run here (a note says so); the tests hold
 its static step to the eager loop on the CPU.  See :mod:`ddpm_check.verify.engine`.
 """
 
@@ -24,6 +25,9 @@ VARIANTS = (
     Variant("loop_noise_at_last_step",
             "the fast loop adds noise of variance beta_1 at index 0",
             sim="loop_last_noise"),
+    Variant("helper_x0_sqrt_dropped",
+            "predict_x0_from_eps divides by alpha_bar_t where sqrt(alpha_bar_t) belongs",
+            sim="helper_x0_sqrt_dropped"),
     Variant("expected_mean_alpha_for_alpha_bar",
             "the expected mean with alpha_t where alpha_bar_t belongs",
             results=swap_symbol("mean-eps", ["mu_tilde_t_eps"], "alpha_bar_t", "alpha_t")),
@@ -74,6 +78,53 @@ def run(ctx: CheckContext) -> None:
     for m in ("ddim_step", "ddim_sample"):  # DDIM's loop has its own check (ddim), every visited step held
         tgt.methods.pop(m, None)
     engine.run_sections(ctx, tgt, ctx.samples)
+    _helpers(ctx, ours.diffusion, engine)
     where = "no CUDA here" if not torch.cuda.is_available() else "not yet held by this check"
     ctx.notes.append(f"paths: the CUDA-graph loop (p_sample_loop(graph=True)) was not run ({where}); the compiled "
                      "and graph-step loops are held to the eager one by tests/test_fast_paths.py")
+
+
+def _helpers(ctx: CheckContext, diffusion, engine) -> None:
+    """Exact rows for the public helpers outside the sampling path: ``predict_x0_from_eps`` against
+    the derivation's x_0_from_eps (mean-eps), and ``p_mean_variance(clip_denoised=True)``: its mean is
+    the posterior mean (eq. 7) at the clipped x0_hat, its pred_x0 that clipped value."""
+    import numpy as np
+    import torch
+
+    ref = engine.Reference(diffusion.schedule.betas, diffusion.schedule.alphas, diffusion.schedule.alphas_cumprod,
+                           diffusion.schedule.alphas_cumprod_prev)
+    fm, fp = ctx.formulas("mean-eps"), ctx.formulas("posterior")
+    T = diffusion.T
+    g = torch.Generator().manual_seed(ctx.seed ^ 0x5EED)
+    i = torch.arange(T).repeat_interleave(4)
+    shape = (i.numel(), *engine.STEP_SHAPE)
+    x = torch.randn(shape, generator=g) * 1.5
+    eps = torch.randn(shape, generator=g)
+    if ctx.sim == "helper_x0_sqrt_dropped":
+        ab = torch.as_tensor(diffusion.schedule.alphas_cumprod, dtype=torch.float32)[i].reshape(-1, 1, 1, 1)
+        x0 = (x - (1 - ab).sqrt() * eps) / ab  # the variant: alpha_bar where sqrt(alpha_bar) belongs
+    else:
+        x0 = diffusion.predict_x0_from_eps(x, i, eps)
+    view = (-1, 1, 1, 1)
+    inp = {k: np.asarray(v).reshape(view) for k, v in ref.inputs(i.numpy()).items()}
+    xd, ed = x.double().numpy(), eps.double().numpy()
+    want = np.asarray(fm["x_0_from_eps"](x_t=xd, eps=ed, **inp))
+    sab = np.sqrt(inp["alpha_bar_t"])
+    scale = (np.abs(xd) + np.sqrt(1 - inp["alpha_bar_t"]) * np.abs(ed)) / sab
+    u = engine.unit_roundoff("float32")
+    engine._exact(ctx, "predict_x0_from_eps = (x_t - sqrt(1 - alpha_bar_t) eps)/sqrt(alpha_bar_t)", f"t=1..{T}",
+                  "derivation mean-eps", x0.double().numpy(), want, scale, u, engine.BUDGET["forward"],
+                  group="predict_x0_from_eps")
+    out = diffusion.p_mean_variance(lambda xt, t: eps, x, i, clip_denoised=True)
+    clipped = np.clip(want, -1.0, 1.0)
+    mean_want = np.asarray(fp["mu_tilde_t"](x_0=clipped, x_t=xd, **inp))
+    c1, c2 = np.asarray(fp["posterior_mean_coef1"](**inp)), np.asarray(fp["posterior_mean_coef2"](**inp))
+    # near the clip boundary float32 rounding may fall on either side: those elements are left out
+    keep = np.abs(np.abs(want) - 1.0) > 1e-4 * scale
+    mscale = c1 * np.abs(clipped) + c2 * np.abs(xd) + c1 * 1e-4 * scale
+    engine._exact(ctx, "p_mean_variance(clip_denoised=True): mean = mu_tilde_t(x_t, clip(x0_hat))  (eq. 7)",
+                  f"t=1..{T}", "derivation posterior", out["mean"].double().numpy()[keep], mean_want[keep],
+                  mscale[keep], u, engine.BUDGET["step"], group="clip_denoised")
+    engine._exact(ctx, "p_mean_variance(clip_denoised=True): pred_x0 = clip(x0_hat)", f"t=1..{T}",
+                  "derivation mean-eps", out["pred_x0"].double().numpy()[keep], clipped[keep],
+                  np.maximum(scale, 1.0)[keep], u, engine.BUDGET["forward"], group="clip_denoised")
