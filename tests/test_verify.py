@@ -46,14 +46,14 @@ def test_our_paths_and_the_correct_example_pass(reports):
 
 # example -> (the section that must fail, words of the worst failing row's quantity or note)
 BROKEN = {
-    "broken_prev_padding": ("step", "variance"),
-    "broken_std_for_variance": ("step", "variance"),
-    "broken_posterior_no_division": ("step", "variance"),
+    "broken_prev_padding": ("step", "follows alphas_cumprod_prev padded on the wrong side"),
+    "broken_std_for_variance": ("step", "follows beta_tilde_t^2: the variance multiplies z where its sqrt belongs"),
+    "broken_posterior_no_division": ("step", "follows beta_tilde_t without the division by 1 - alpha_bar_t"),
     "broken_index_shift": ("step", "matches alpha_bar read at t="),
-    "broken_last_step_noise": ("step", "no noise at t = 1"),
+    "broken_last_step_noise": ("step", "matches noise of variance beta_1"),
     "broken_float16_schedule": ("schedule", "alpha_bar rounds to 1 at t = 1"),
     "broken_loss_timestep": ("loss", "model told t="),
-    "broken_cosine_schedule": ("schedule", "claimed schedule"),
+    "broken_cosine_schedule": ("schedule", "betas differ most at t=1"),
 }
 
 

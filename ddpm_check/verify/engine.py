@@ -182,9 +182,14 @@ def _schedule(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
                    ref.alphas_cumprod, np.cumprod(1.0 - want), np.arange(1, T + 1) * np.abs(np.cumprod(1.0 - want)),
                    u, BUDGET["schedule"], group="claimed schedule")
         else:
+            rel = np.abs(ref.betas - want) / np.maximum(np.abs(want), 1e-300)
+            j = int(np.argmax(rel))
+            note = "" if rel[j] < 1e-6 else (f"betas differ most at t={j + 1}: {ref.betas[j]:.6g} against the "
+                                              f"definition's {want[j]:.6g} ({ref.betas[j] / want[j]:.4g}x); "
+                                              f"{int((rel > 1e-6).sum())} of {T} differ")
             _exact(ctx, "betas = the claimed schedule's", f"{what}, t=1..{T}", "definition (sympy)",
                    ref.betas, want, np.maximum(np.abs(want), abs(want).max() * 1e-3), u, BUDGET["schedule"],
-                   group="claimed schedule")
+                   note=note, group="claimed schedule")
     # precision: the coefficients a step divides by, from the stored arrays, against float64
     stored_dtype = tgt.dtypes.get("alphas_cumprod", tgt.dtypes.get("betas", "float64"))
     if unit_roundoff(stored_dtype) > unit_roundoff("float64"):
@@ -408,10 +413,17 @@ def _step(ctx: CheckContext, tgt: Target, ref: Reference, samples: int) -> None:
                    BUDGET["step"], group="mean")
     # index 0 (paper t = 1): no noise, exactly
     sl0 = slice(0, per_t)
+    r0 = res[sl0].reshape(-1)
+    sd0 = float(np.sqrt(r0 @ r0 / r0.size))
+    note0 = "" if sd0 <= 1e-3 * math.sqrt(ref.betas[0]) else (
+        f"the output's noise at t = 1 has sd {sd0:.4g}" + (
+            f": matches noise of variance beta_1 = {ref.betas[0]:.4g} (sd {math.sqrt(ref.betas[0]):.4g}) added at t = 1"
+            if abs(sd0 / math.sqrt(ref.betas[0]) - 1) < 0.05 else ""))
     _exact(ctx, "no noise at t = 1: x_0 = the mean", "t=1", "Ho et al. Alg. 2", out_a.numpy()[sl0], mu_a[sl0],
-           scale[sl0], u, BUDGET["step"], group="last step")
+           scale[sl0], u, BUDGET["step"], note=note0, group="last step")
     # variance: residual = sigma_t z with z ~ N(0, I), per t and pooled
     pooled_ss, pooled_dof = 0.0, 0
+    est = np.full(T, np.nan)
     for k in range(1, T):
         sl = slice(k * per_t, (k + 1) * per_t)
         r = res[sl].reshape(-1)
@@ -423,12 +435,14 @@ def _step(ctx: CheckContext, tgt: Target, ref: Reference, samples: int) -> None:
                 note=_diagnose_variance(ss / r.size, ref, k, var_name), group="variance")
         pooled_ss += ss / float(var_t[k])
         pooled_dof += r.size
+        est[k] = ss / r.size
     if T > 1:
         o = stats.chi2_variance_test(pooled_ss, pooled_dof, 1.0, alpha)
         o = stats.TestOutcome(o.kind, o.estimate, o.expected, o.se, o.statistic, o.threshold, o.alpha, o.delta,
                               pooled_dof)
         ctx.add("noise / its sd, pooled over t = 2..T: variance 1", f"t=2..{T}", "derivation posterior", o,
-                group="variance pooled")
+                note=_diagnose_variances(est, ref, var_t, failed=not o.passed or any(
+                    not r.passed for r in ctx.rows if r.group == "variance")), group="variance pooled")
 
 
 def _diagnose_mean(diff, dx, de, ref: Reference, k: int) -> str:
@@ -454,6 +468,41 @@ def _diagnose_mean(diff, dx, de, ref: Reference, k: int) -> str:
     if abs(cands[best][0] - cx) + abs(cands[best][1] - ce) <= 1e-4 * (abs(cx) + abs(ce)):
         return f"{fit}: matches {best}"
     return fit
+
+
+def _diagnose_variances(est: np.ndarray, ref: Reference, want: np.ndarray, failed: bool) -> str:
+    """For the step's noise over t = 2..T: which known variance law the per-t estimates follow (the
+    median relative deviation over t within 5 %), when they do not follow the expected one."""
+    k = np.arange(1, est.size)
+    e = est[k]
+    b, ab, abp = ref.betas[k], ref.alphas_cumprod[k], ref.alphas_cumprod_prev[k]
+    abn = np.concatenate([ref.alphas_cumprod[2:], [1.0]])  # alpha_bar_{t+1}, 1 past the end
+    bt = b * (1 - abp) / (1 - ab)
+    laws = {
+        "the expected variance": want[k],
+        "beta_tilde_t (Ho et al.)": bt,
+        "beta_t (Ho et al.'s other choice; declare variance = 'beta')": b,
+        "beta_tilde_t^2: the variance multiplies z where its sqrt belongs": bt**2,
+        "sqrt(beta_tilde_t): the sd's sqrt multiplies z": np.sqrt(bt),
+        "beta_tilde_t without the division by 1 - alpha_bar_t": b * (1 - abp),
+        "alphas_cumprod_prev padded on the wrong side (alpha_bar_{t+1} where alpha_bar_{t-1} belongs)":
+            b * (1 - abn) / (1 - ab),
+    }
+    def dev(law):
+        """mean over t of |log(estimate / law)|, each capped at 5 (a zero on either side)"""
+        tiny = 1e-10 * b  # both (rounding) zero: a match
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.abs(np.log(np.maximum(e, 1e-300) / np.maximum(law, 1e-300)))
+        d = np.where((e <= tiny) & (law <= tiny), 0.0, d)
+        return float(np.mean(np.minimum(d, 5.0)))
+
+    if not failed:
+        return ""
+    d_exp = dev(laws["the expected variance"])
+    best = min((c for c in laws if c != "the expected variance"), key=lambda c: dev(laws[c]))
+    return (f"the noise variance follows {best} (mean |log ratio| {dev(laws[best]):.3f} over t, against "
+            f"{d_exp:.3f} for the expected)" if dev(laws[best]) < min(0.1, d_exp / 2) else
+            f"the noise variance follows no known law (mean |log ratio| to the expected {d_exp:.3f} over t)")
 
 
 def _diagnose_variance(est: float, ref: Reference, k: int, var_name: str) -> str:
