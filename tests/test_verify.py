@@ -79,6 +79,8 @@ def test_the_source_fails_only_on_mixed_batches_and_is_checked_per_t():
     assert [r.quantity for r in bad["step"]] == ["one step on a batch mixing every t (per element)"]
     assert "Boolean value of Tensor with more than one value is ambiguous" in bad["step"][0].note
     assert "sample" in rep.not_provided
+    kind = next(x for r in rep.results if r.name == "loss" for x in r.rows if x.group == "loss kind")
+    assert kind.verdict == "finding" and "L1 (not eq. 14)" in kind.note  # the source's F.l1_loss
     step = next(r for r in rep.results if r.name == "step")
     assert len(step.tests) > 300  # every t's mean and variance still ran, one t per call
 

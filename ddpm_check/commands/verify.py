@@ -59,6 +59,9 @@ def command(
                 con.print(f"[red]{r.name}[/red] {x.where}: {x.note}", soft_wrap=True, highlight=False)
             if len(bad) > 3:
                 con.print(f"[red]{r.name}[/red]: {len(bad)} rows rejected in all (--full lists them)", soft_wrap=True)
+            for x in [x for x in r.rows if x.verdict == "finding" and x.note][:3]:
+                con.print(f"[yellow]{r.name}[/yellow] {x.where}: {x.note} (a finding, not a failure)", soft_wrap=True,
+                          highlight=False)
         for cap in report.not_provided:
             con.print(f"[dim]{cap}: not provided[/dim]")
         for cap, why in report.skipped.items():

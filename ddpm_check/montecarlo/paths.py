@@ -25,6 +25,12 @@ VARIANTS = (
     Variant("loop_noise_at_last_step",
             "the fast loop adds noise of variance beta_1 at index 0",
             sim="loop_last_noise"),
+    Variant("linear_schedule_spacing_off",
+            "the linear betas spaced as linspace(start, end, T + 1)[1:] (beta_1 is not beta_start)",
+            sim="schedule_spacing"),
+    Variant("loss_model_told_t_plus_one",
+            "the loss noises x_0 at t but conditions the model on t + 1",
+            sim="loss_t_plus_one"),
     Variant("helper_x0_sqrt_dropped",
             "predict_x0_from_eps divides by alpha_bar_t where sqrt(alpha_bar_t) belongs",
             sim="helper_x0_sqrt_dropped"),
@@ -74,6 +80,20 @@ def run(ctx: CheckContext) -> None:
     ours = OurDiffusion(sched.config)
     if ctx.sim in ("loop_index_slip", "loop_skip_last", "loop_last_noise"):
         ours.sample = _broken_loop(ours.diffusion, ctx.sim)
+    elif ctx.sim == "schedule_spacing":  # the arrays a wrong linspace gives, under the linear claim
+        import numpy as np
+
+        from ddpm_check.schedules import Schedule
+
+        c = sched.config
+        wrong = Schedule.from_betas(np.linspace(c.beta_start, c.beta_end, c.T + 1)[1:])
+        claim = ours.schedule_claim
+        ours = OurDiffusion(wrong.config)
+        ours.schedule_claim = claim
+    elif ctx.sim == "loss_t_plus_one":
+        d = ours.diffusion
+        ours.loss = lambda model, x_0, t, noise: d.loss(
+            lambda x, tt: model(x, (tt + 1).clamp(max=d.T - 1)), x_0, t=t, noise=noise)
     tgt = targets.from_object(ours, "ddpm_check")
     for m in ("ddim_step", "ddim_sample"):  # DDIM's loop has its own check (ddim), every visited step held
         tgt.methods.pop(m, None)

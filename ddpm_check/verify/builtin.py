@@ -63,7 +63,7 @@ class _SourceAdapter:
     own noise (and returns it); its sample_timestep takes a batch of one step, decides ``if t == 0``
     for the whole batch, and draws its noise with ``randn_like`` (routed to the given generator);
     sample_plot_image draws from torch's global generator one image at a time, so ``sample`` is not
-    offered; get_loss draws its own noise and uses L1."""
+    offered; get_loss (L1) draws its noise with ``torch.randn_like``, answered with the given noise."""
 
     def __init__(self, loop) -> None:
         self.loop = loop
@@ -76,6 +76,15 @@ class _SourceAdapter:
     def step(self, eps, t, x_t, generator):
         return self.loop.sample_timestep(lambda x, tt: eps, x_t, t,
                                          randn_like=lambda x: torch.randn(x.shape, generator=generator, dtype=x.dtype))
+
+    def loss(self, model, x_0, t, noise):
+        """get_loss as written, its one ``torch.randn_like(x_0)`` draw answered with ``noise``."""
+        real = torch.randn_like
+        torch.randn_like = lambda like, *a, **k: noise.to(like.dtype)
+        try:
+            return self.loop.get_loss(model, x_0, t)
+        finally:
+            torch.randn_like = real
 
 
 def source_target(config: ScheduleConfig | None):
@@ -93,8 +102,8 @@ def source_target(config: ScheduleConfig | None):
     tgt = from_object(ad, "source")
     tgt.q_sample_draws_noise = True
     tgt.notes.append("source: sample_plot_image draws one image at a time from torch's global generator, so "
-                     "the whole-sampler comparison is not offered; forward_diffusion_sample and get_loss draw "
-                     "their own noise (the loss is checked through the step and forward rows instead)")
+                     "the whole-sampler rows are not offered; forward_diffusion_sample returns the noise it draws; "
+                     "get_loss's draw is answered with the given noise")
     return tgt
 
 

@@ -631,9 +631,12 @@ def _loss(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
     a = np.asarray(fm["x_t_mean_coef"](**inp)).reshape(-1, 1, 1, 1)
     b = np.sqrt(np.asarray(fm["x_t_variance"](**inp))).reshape(-1, 1, 1, 1)
     x0n, nn = x0.to(torch.float64).numpy(), noise.to(torch.float64).numpy()
+    ca, cb = _conditions(ref, i.numpy())
+    k = 4.0 / BUDGET["forward"]  # as the q_sample rows: the target's own rounding of its coefficients
     _exact(ctx, "the model's x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps", f"t=1..{T}",
            "derivation marginal", seen["x_t"].to(torch.float64).numpy(), a * x0n + b * nn,
-           np.abs(a * x0n) + np.abs(b * nn), _u_of(tgt), BUDGET["forward"], group="loss x_t")
+           np.abs(a * x0n) * (1 + k * (ca - 1)) + np.abs(b * nn) * (1 + k * (cb - 1)), _u_of(tgt),
+           BUDGET["forward"], group="loss x_t")
     try:
         v = float(value)
     except (TypeError, ValueError):
