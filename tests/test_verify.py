@@ -303,3 +303,11 @@ def test_the_sample_law_row_is_a_test_where_the_start_is_exact_and_catches_a_noi
 
     bad = law(NoNoise(ScheduleConfig(T=1000)))
     assert not bad.passed and max(r.margin for r in bad.tests) > 3.0
+
+
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_tiny_schedules_verify_without_a_traceback(T):
+    r = runner.invoke(app, ["verify", "ddpm_check", "-T", str(T), "--samples", "256", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["passed"] is True and doc["alpha_spent"] <= 1e-4
