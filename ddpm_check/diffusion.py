@@ -474,11 +474,7 @@ class GaussianDiffusion:
         n = shape[0]
         # every visit's coefficients and index on the device once, derived in float64 before the
         # cast: the loop only takes 0-d views (no host-to-device copy per step)
-        with np.errstate(divide="ignore"):  # 1/sqrt(abar) = inf at a zero-SNR t = T, read by eps-prediction only
-            coef = torch.as_tensor(np.stack([np.sqrt(1.0 - p.alpha_bar), 1.0 / np.sqrt(p.alpha_bar),
-                                             np.sqrt(p.alpha_bar_prev), p.direction_coef, p.sigma,
-                                             np.sqrt(p.alpha_bar), 1.0 / np.sqrt(1.0 - p.alpha_bar)])
-                                   ).to(self.device, self.dtype)
+        coef = self._ddim_coefficients(p, self.device, self.dtype)
         steps = torch.as_tensor(p.timesteps, dtype=torch.long).to(self.device)
         captured: dict[int, torch.Tensor] = {}
         noise = torch.empty(shape, dtype=self.dtype, device=self.device)
@@ -488,17 +484,10 @@ class GaussianDiffusion:
                 captured[i] = x
             out = model(x, steps[k].expand(n))
             self._check_output(out, x)
-            sqrt_1m_ab, rsqrt_ab, sqrt_ab_prev, direction, sigma, sqrt_ab, rsqrt_1m_ab = coef[:, k]
-            if self.prediction == "eps":
-                eps, x0_hat = out, (x - sqrt_1m_ab * out) * rsqrt_ab  # Song eq. 9
-            elif self.prediction == "x0":
-                eps, x0_hat = (x - sqrt_ab * out) * rsqrt_1m_ab, out
-            else:  # v (derivation ``parametrizations``), defined at abar = 0
-                eps, x0_hat = sqrt_ab * out + sqrt_1m_ab * x, sqrt_ab * x - sqrt_1m_ab * out
-            x_new = x0_hat * sqrt_ab_prev + eps * direction  # eq. 12
+            x_new = self._ddim_mean(x, out, coef[:, k])
             if p.sigma[k] > 0.0:  # a host float64: no device sync
                 noise.normal_(generator=generator)
-                x_new = x_new + noise * sigma
+                x_new = x_new + noise * coef[4, k]  # + sigma z
             x = x_new
             if progress is not None:
                 progress(k + 1, S)
@@ -533,22 +522,33 @@ class GaussianDiffusion:
         p = plan_from(DDIMConfig(1, float(eta)), ti, ab, ab_prev)
         nd = x_t.ndim
         view = (-1,) + (1,) * (nd - 1)
-        with np.errstate(divide="ignore"):
-            coef = torch.as_tensor(np.stack([np.sqrt(1.0 - p.alpha_bar), 1.0 / np.sqrt(p.alpha_bar),
+        coef = self._ddim_coefficients(p, x_t.device, x_t.dtype).reshape(7, *view)  # per element
+        x_new = self._ddim_mean(x_t, out, coef)
+        if (p.sigma > 0.0).any():
+            x_new = x_new + torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device) * coef[4]
+        return x_new
+
+    @staticmethod
+    def _ddim_coefficients(p, device, dtype) -> torch.Tensor:
+        """[7, S] for the visits of a DDIMPlan, derived in float64 before one cast: sqrt(1 - abar),
+        1/sqrt(abar), sqrt(abar_prev), the direction coefficient, sigma, sqrt(abar), 1/sqrt(1 - abar)."""
+        with np.errstate(divide="ignore"):  # 1/sqrt(abar) = inf at a zero-SNR t = T, read by eps-prediction only
+            return torch.as_tensor(np.stack([np.sqrt(1.0 - p.alpha_bar), 1.0 / np.sqrt(p.alpha_bar),
                                              np.sqrt(p.alpha_bar_prev), p.direction_coef, p.sigma,
                                              np.sqrt(p.alpha_bar), 1.0 / np.sqrt(1.0 - p.alpha_bar)])
-                                   ).to(x_t.device, x_t.dtype)
-        sqrt_1m_ab, rsqrt_ab, sqrt_ab_prev, direction, sigma, sqrt_ab, rsqrt_1m_ab = (c.reshape(view) for c in coef)
+                                   ).to(device, dtype)
+
+    def _ddim_mean(self, x: torch.Tensor, out: torch.Tensor, coef) -> torch.Tensor:
+        """sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps_hat (Song eq. 12) from the model
+        output, with ``coef`` the 7 coefficients of :meth:`_ddim_coefficients` (each broadcastable)."""
+        sqrt_1m_ab, rsqrt_ab, sqrt_ab_prev, direction, _, sqrt_ab, rsqrt_1m_ab = coef
         if self.prediction == "eps":
-            eps, x0_hat = out, (x_t - sqrt_1m_ab * out) * rsqrt_ab
+            eps, x0_hat = out, (x - sqrt_1m_ab * out) * rsqrt_ab  # Song eq. 9
         elif self.prediction == "x0":
-            eps, x0_hat = (x_t - sqrt_ab * out) * rsqrt_1m_ab, out
-        else:
-            eps, x0_hat = sqrt_ab * out + sqrt_1m_ab * x_t, sqrt_ab * x_t - sqrt_1m_ab * out
-        x_new = x0_hat * sqrt_ab_prev + eps * direction
-        if (p.sigma > 0.0).any():
-            x_new = x_new + torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device) * sigma
-        return x_new
+            eps, x0_hat = (x - sqrt_ab * out) * rsqrt_1m_ab, out
+        else:  # v (derivation ``parametrizations``), defined at abar = 0
+            eps, x0_hat = sqrt_ab * out + sqrt_1m_ab * x, sqrt_ab * x - sqrt_1m_ab * out
+        return x0_hat * sqrt_ab_prev + eps * direction
 
     # ---- training objective -------------------------------------------------------------------
     def loss(self, model: Model, x_0: torch.Tensor, t: Any = None, noise: torch.Tensor | None = None,

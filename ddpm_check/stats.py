@@ -341,13 +341,15 @@ def ols_tests(fit: OLSFit, slope0: float, intercept0: float, sigma0_sq: float,
 
 
 def exact_test(actual: np.ndarray, expected: np.ndarray, scale: np.ndarray,
-               budget_ulps: float) -> TestOutcome:
-    """An exact identity up to float64 rounding: max |actual - expected| / (u * scale).
+               budget_ulps: float, unit: float = UNIT_ROUNDOFF) -> TestOutcome:
+    """An exact identity up to rounding: max |actual - expected| / (u * scale).
 
     ``scale`` (broadcast against the values) is the magnitude rounding errors scale with:
     the sum of the absolute values of the terms times a condition number.  The test passes
-    iff the worst error is within ``budget_ulps`` units of roundoff of that scale.  No alpha:
-    a correct implementation never fails.  ``estimate`` is the worst absolute error.
+    iff the worst error is within ``budget_ulps`` units of roundoff u (``unit``: float64's by
+    default; ``ddpm-check verify`` passes a target's lower precision) of that scale.  No alpha:
+    a correct implementation never fails.  ``estimate`` is the worst absolute error (inf if any
+    error is not finite).
     """
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)
@@ -357,11 +359,11 @@ def exact_test(actual: np.ndarray, expected: np.ndarray, scale: np.ndarray,
         stat = math.inf
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(err == 0, 0.0, err / (UNIT_ROUNDOFF * s))
+            ratio = np.where(err == 0, 0.0, err / (unit * s))
         stat = float(np.max(ratio)) if ratio.size else 0.0
-    worst = float(np.max(err)) if err.size else 0.0
+    worst = float(np.max(np.where(np.isfinite(err), err, np.inf))) if err.size else 0.0
     return TestOutcome("exact", worst, 0.0, None, stat, float(budget_ulps), 0.0,
-                       float(budget_ulps * UNIT_ROUNDOFF * float(np.max(s))) if s.size else 0.0,
+                       float(budget_ulps * unit * float(np.max(s))) if s.size else 0.0,
                        int(a.size))
 
 

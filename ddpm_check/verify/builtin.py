@@ -65,10 +65,10 @@ class _SourceAdapter:
     sample_plot_image draws from torch's global generator one image at a time, so ``sample`` is not
     offered; get_loss (L1) draws its noise with ``torch.randn_like``, answered with the given noise."""
 
-    def __init__(self, loop) -> None:
+    def __init__(self, loop, schedule_claim: dict) -> None:
         self.loop = loop
         self.betas = loop.betas  # float32, as the source keeps it
-        self.schedule_claim = None
+        self.schedule_claim = schedule_claim
 
     def q_sample(self, x_0, t):
         return self.loop.forward_diffusion_sample(x_0, t)
@@ -97,8 +97,7 @@ def source_target(config: ScheduleConfig | None):
 
         raise DDPMCheckError(f"the source's code has the linear schedule only, not {config.kind!r}")
     loop = SourceLoop(T=config.T, start=config.beta_start, end=config.beta_end)
-    ad = _SourceAdapter(loop)
-    ad.schedule_claim = {"kind": "linear", "beta_start": config.beta_start, "beta_end": config.beta_end}
+    ad = _SourceAdapter(loop, {"kind": "linear", "beta_start": config.beta_start, "beta_end": config.beta_end})
     tgt = from_object(ad, "source")
     tgt.q_sample_draws_noise = True
     tgt.notes.append("source: sample_plot_image draws one image at a time from torch's global generator, so "
@@ -107,13 +106,11 @@ def source_target(config: ScheduleConfig | None):
     return tgt
 
 
-class _DiffusersDDPM:
-    """diffusers' DDPMScheduler under the protocol: its float32 ``betas`` and ``alphas_cumprod``,
-    ``add_noise`` as q_sample, and ``step`` (one timestep per call in diffusers) called once per
-    distinct t of a batch, in descending order, with the same generator.  ``clip_sample`` is off
-    (the unclipped step is Ho et al.'s eq. 11; clipping x0_hat to [-1, 1] is another sampler) and
-    the variance is "fixed_small" (beta_tilde).  A scheduler has no sampling loop (diffusers' loops
-    live in pipelines, around a network) and no loss: those are not offered."""
+class _DiffusersScheduler:
+    """A diffusers scheduler under the protocol: its float32 ``betas`` and ``alphas_cumprod``, the
+    schedule its config names, ``add_noise`` as q_sample; ``_per_t`` calls its ``step`` (one timestep
+    per call in diffusers) once per distinct t of a batch, in descending order, with one generator.
+    ``clip_sample`` is off: the unclipped step is the paper's (clipping x0_hat is another sampler)."""
 
     def __init__(self, scheduler) -> None:
         self.scheduler = scheduler
@@ -128,43 +125,38 @@ class _DiffusersDDPM:
     def q_sample(self, x_0, t, noise):
         return self.scheduler.add_noise(x_0, noise, t)
 
-    def step(self, eps, t, x_t, generator):
+    def _per_t(self, t, x_t, step):
+        """``step(k, mask)`` -> the prev samples of the elements at timestep k, gathered into one batch."""
         out = torch.empty_like(x_t)
         for k in sorted({int(v) for v in t.tolist()}, reverse=True):
             m = t == k
-            out[m] = self.scheduler.step(eps[m], k, x_t[m], generator=generator).prev_sample
+            out[m] = step(k, m)
         return out
 
 
-class _DiffusersDDIM:
-    """diffusers' DDIMScheduler under the protocol: its arrays, ``add_noise``, and ``ddim_step`` by
-    its ``step`` (one timestep per call; its stride T // num_inference_steps set from t - t_prev),
-    ``clip_sample`` off, ``set_alpha_to_one`` (abar_prev = 1 after the last visit)."""
+class _DiffusersDDPM(_DiffusersScheduler):
+    """DDPMScheduler ("fixed_small" variance: beta_tilde).  A scheduler has no sampling loop
+    (diffusers' loops live in pipelines, around a network) and no loss: those are not offered."""
 
-    def __init__(self, scheduler) -> None:
-        self.scheduler = scheduler
-        self.betas = scheduler.betas
-        self.alphas_cumprod = scheduler.alphas_cumprod
-        c = scheduler.config
-        if c.beta_schedule == "linear":
-            self.schedule_claim = {"kind": "linear", "beta_start": c.beta_start, "beta_end": c.beta_end}
-        elif c.beta_schedule == "squaredcos_cap_v2":
-            self.schedule_claim = {"kind": "cosine", "s": 0.008}
+    def step(self, eps, t, x_t, generator):
+        return self._per_t(t, x_t, lambda k, m: self.scheduler.step(eps[m], k, x_t[m], generator=generator).prev_sample)
 
-    def q_sample(self, x_0, t, noise):
-        return self.scheduler.add_noise(x_0, noise, t)
+
+class _DiffusersDDIM(_DiffusersScheduler):
+    """DDIMScheduler with ``set_alpha_to_one`` (abar_prev = 1 after the last visit); ``ddim_step``
+    by its ``step``, its stride T // num_inference_steps set from t - t_prev."""
 
     def ddim_step(self, eps, t, t_prev, x_t, eta, generator):
         T = self.scheduler.config.num_train_timesteps
-        out = torch.empty_like(x_t)
-        for k in sorted({int(v) for v in t.tolist()}, reverse=True):
-            m = t == k
+
+        def step(k, m):
             strides = {int(v) for v in (k - t_prev[m]).tolist()}
             if len(strides) != 1 or T % next(iter(strides)):
                 raise ValueError(f"diffusers' DDIMScheduler steps by T // num_inference_steps; got t={k} -> {sorted(strides)}")
             self.scheduler.num_inference_steps = T // next(iter(strides))
-            out[m] = self.scheduler.step(eps[m], k, x_t[m], eta=float(eta), generator=generator).prev_sample
-        return out
+            return self.scheduler.step(eps[m], k, x_t[m], eta=float(eta), generator=generator).prev_sample
+
+        return self._per_t(t, x_t, step)
 
 
 def diffusers_target(name: str, config: ScheduleConfig | None):

@@ -33,6 +33,9 @@ STEP_SHAPE = (1, 8, 8)
 FORWARD_PER_T = 8
 DEFAULT_SAMPLES = 16_384  # values per t in the step rows' variance tests
 SAMPLER_SHAPE = (32, 1, 8, 8)
+#: the dtype of the tensors fed to a target: float32, as models and samplers run (a float64 target
+#: promotes them; the exact rows' budgets use float32's roundoff at least)
+INPUT_DTYPE = torch.float32
 
 
 def unit_roundoff(dtype: str) -> float:
@@ -103,20 +106,8 @@ class VerifyReport:
 # ---- rows -----------------------------------------------------------------------------------------
 def _exact(ctx: CheckContext, quantity: str, where: str, source: str, actual, expected, scale, u: float,
            budget: float, note: str = "", group: str = "", role: str = "test") -> None:
-    """An exact row: worst |actual - expected| in units of u * scale, against ``budget``."""
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    s = np.broadcast_to(np.asarray(scale, dtype=np.float64), np.broadcast_shapes(a.shape, e.shape))
-    err = np.abs(a - e)
-    if not np.all(np.isfinite(err)):
-        stat = math.inf
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(err == 0, 0.0, err / (u * s))
-        stat = float(np.max(ratio)) if ratio.size else 0.0
-    worst = float(np.max(np.where(np.isfinite(err), err, np.inf))) if err.size else 0.0
-    out = stats.TestOutcome("exact", worst, 0.0, None, stat, float(budget), 0.0,
-                            float(budget * u * float(np.max(s))) if s.size else 0.0, int(a.size))
+    """An exact row (``stats.exact_test``): worst |actual - expected| in units of u * scale, against ``budget``."""
+    out = stats.exact_test(actual, expected, scale, budget, unit=u)
     ctx.add(quantity, where, source, out, role=role, note=note, group=group or quantity)
 
 
@@ -145,15 +136,9 @@ def _t_arg(tgt: Target, i: torch.Tensor) -> torch.Tensor:
     return i + tgt.timestep_base
 
 
-def _input_dtype(tgt: Target) -> torch.dtype:
-    """The dtype of the tensors fed to a target: float32, as models and samplers run (a float64
-    target promotes them; the exact rows' budgets use float32's roundoff at least)."""
-    return torch.float32
-
-
-def _u_of(tgt: Target, *extra: str) -> float:
-    return max([unit_roundoff("float32"), *(unit_roundoff(d) for d in tgt.dtypes.values()),
-                *(unit_roundoff(d) for d in extra)])
+def _u_of(tgt: Target) -> float:
+    """The roundoff the exact rows allow for: the float32 inputs', or the target's stored arrays' if coarser."""
+    return max([unit_roundoff("float32"), *(unit_roundoff(d) for d in tgt.dtypes.values())])
 
 
 # ---- sections -------------------------------------------------------------------------------------
@@ -227,7 +212,7 @@ def _forward(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
     fm = ctx.formulas("marginal")
     T = ref.betas.size
     g = torch.Generator().manual_seed(ctx.seed)
-    dtype = _input_dtype(tgt)
+    dtype = INPUT_DTYPE
     i = torch.arange(T).repeat_interleave(FORWARD_PER_T)
     n = i.numel()
     shape = (n, *STEP_SHAPE)
@@ -307,7 +292,7 @@ def _step(ctx: CheckContext, tgt: Target, ref: Reference, samples: int) -> None:
     i = torch.arange(T).repeat_interleave(per_t)
     n = i.numel()
     shape = (n, *STEP_SHAPE)
-    dtype = _input_dtype(tgt)
+    dtype = INPUT_DTYPE
     g = torch.Generator().manual_seed(ctx.seed)
     x_a = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
     e_a = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
@@ -470,16 +455,13 @@ def _diagnose_mean(diff, dx, de, ref: Reference, k: int) -> str:
     return fit
 
 
-def _diagnose_variances(est: np.ndarray, ref: Reference, want: np.ndarray, failed: bool) -> str:
-    """For the step's noise over t = 2..T: which known variance law the per-t estimates follow (the
-    median relative deviation over t within 5 %), when they do not follow the expected one."""
-    k = np.arange(1, est.size)
-    e = est[k]
+def _variance_laws(ref: Reference, k: np.ndarray) -> dict[str, np.ndarray]:
+    """The variance of a step's noise at 0-based indices ``k`` under each known law, right or wrong
+    (the names say which mistake gives it)."""
     b, ab, abp = ref.betas[k], ref.alphas_cumprod[k], ref.alphas_cumprod_prev[k]
-    abn = np.concatenate([ref.alphas_cumprod[2:], [1.0]])  # alpha_bar_{t+1}, 1 past the end
+    abn = np.concatenate([ref.alphas_cumprod[1:], [1.0]])[k]  # alpha_bar_{t+1}, 1 past the end
     bt = b * (1 - abp) / (1 - ab)
-    laws = {
-        "the expected variance": want[k],
+    return {
         "beta_tilde_t (Ho et al.)": bt,
         "beta_t (Ho et al.'s other choice; declare variance = 'beta')": b,
         "beta_tilde_t^2: the variance multiplies z where its sqrt belongs": bt**2,
@@ -488,6 +470,16 @@ def _diagnose_variances(est: np.ndarray, ref: Reference, want: np.ndarray, faile
         "alphas_cumprod_prev padded on the wrong side (alpha_bar_{t+1} where alpha_bar_{t-1} belongs)":
             b * (1 - abn) / (1 - ab),
     }
+
+
+def _diagnose_variances(est: np.ndarray, ref: Reference, want: np.ndarray, failed: bool) -> str:
+    """For the step's noise over t = 2..T, when a variance row failed: the known law the per-t
+    estimates follow (mean |log ratio| over t under 0.1 and under half the expected law's)."""
+    if not failed:
+        return ""
+    k = np.arange(1, est.size)
+    e, b = est[k], ref.betas[k]
+
     def dev(law):
         """mean over t of |log(estimate / law)|, each capped at 5 (a zero on either side)"""
         tiny = 1e-10 * b  # both (rounding) zero: a match
@@ -496,27 +488,23 @@ def _diagnose_variances(est: np.ndarray, ref: Reference, want: np.ndarray, faile
         d = np.where((e <= tiny) & (law <= tiny), 0.0, d)
         return float(np.mean(np.minimum(d, 5.0)))
 
-    if not failed:
-        return ""
-    d_exp = dev(laws["the expected variance"])
-    best = min((c for c in laws if c != "the expected variance"), key=lambda c: dev(laws[c]))
+    laws = _variance_laws(ref, k)
+    d_exp = dev(want[k])
+    best = min(laws, key=lambda c: dev(laws[c]))
     return (f"the noise variance follows {best} (mean |log ratio| {dev(laws[best]):.3f} over t, against "
             f"{d_exp:.3f} for the expected)" if dev(laws[best]) < min(0.1, d_exp / 2) else
             f"the noise variance follows no known law (mean |log ratio| to the expected {d_exp:.3f} over t)")
 
 
 def _diagnose_variance(est: float, ref: Reference, k: int, var_name: str) -> str:
-    b, ab, abp = ref.betas[k], ref.alphas_cumprod[k], ref.alphas_cumprod_prev[k]
-    bt = b * (1 - abp) / (1 - ab)
-    cands = {"beta_tilde_t (Ho et al.)": bt, "beta_t (Ho et al.'s other choice; declare variance = 'beta')": b,
-             "sigma_t^4: the variance used where the sd belongs": bt**2,
-             "beta_tilde_t without the division by 1 - alpha_bar_t": b * (1 - abp),
-             "the sd used as the variance: sqrt(beta_tilde_t)": math.sqrt(bt)}
-    want = b if var_name == "beta" else bt
+    """For one t: the estimated variance against the expected one, and the known law it matches (within 5 %)."""
+    laws = {c: float(v[0]) for c, v in _variance_laws(ref, np.array([k])).items()}
+    want = laws["beta_t (Ho et al.'s other choice; declare variance = 'beta')"] if var_name == "beta" \
+        else laws["beta_tilde_t (Ho et al.)"]
     if abs(est - want) <= 0.05 * want:
         return ""
-    best = min(cands, key=lambda c: abs(math.log(max(est, 1e-300) / max(cands[c], 1e-300))))
-    close = abs(math.log(max(est, 1e-300) / max(cands[best], 1e-300))) < 0.05
+    best = min(laws, key=lambda c: abs(math.log(max(est, 1e-300) / max(laws[c], 1e-300))))
+    close = abs(math.log(max(est, 1e-300) / max(laws[best], 1e-300))) < 0.05
     return f"estimated variance {est:.4g} = {est / want:.3g} x the expected {want:.4g}" + (
         f": matches {best}" if close else "")
 
@@ -603,7 +591,7 @@ def _loss(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
     g = torch.Generator().manual_seed(ctx.seed)
     i = torch.arange(T)
     shape = (T, *STEP_SHAPE)
-    dtype = _input_dtype(tgt)
+    dtype = INPUT_DTYPE
     x0 = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
     noise = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
     seen: dict[str, torch.Tensor] = {}
@@ -678,7 +666,7 @@ def _ddim(ctx: CheckContext, tgt: Target, ref: Reference, samples: int) -> None:
     ip = torch.as_tensor(np.repeat(tps, per_t))
     n = i.numel()
     shape = (n, *STEP_SHAPE)
-    dtype = _input_dtype(tgt)
+    dtype = INPUT_DTYPE
     g = torch.Generator().manual_seed(ctx.seed)
     x_a, e_a, x_b, e_b = (torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) for _ in range(4))
     seed = int(torch.randint(0, 2**62, (1,), generator=g))
