@@ -67,19 +67,27 @@ class Sampler:
         import warnings
 
         try:
-            fast = autocast_model(torch.compile(self.model), self.device)
-            shape = probe_shape or (1, *self.shape)
-            # The probe's t has the layout the sampling loops pass: one step index expanded to
-            # [N] (stride 0).  A contiguous t would compile a graph the loops then cannot use
-            # (dynamo guards on strides), and the first step would compile a second one.
-            t = torch.zeros(1, dtype=torch.long, device=self.device).expand(shape[0])
-            with torch.no_grad():
-                fast(torch.zeros(shape, device=self.device), t)
+            fast = compiled_eps_model(self.model, self.device, probe_shape or (1, *self.shape))
         except Exception as exc:  # no compiler, an unsupported Python, ...
             self.compile_error = first_line(exc, typed=True)
             warnings.warn(f"torch.compile unavailable ({self.compile_error}); sampling eagerly")
             return eager
         return fast
+
+
+def compiled_eps_model(model: Callable, device: torch.device, probe_shape: tuple[int, ...],
+                       dtype: torch.dtype = torch.float32) -> Callable:
+    """``model`` through ``torch.compile`` as ``sample --compile`` runs it (bf16 autocast on CUDA),
+    compiled at once on a probe batch of ``probe_shape`` [N, ...]; whatever compiling raises
+    propagates (the caller decides on the eager fallback)."""
+    fast = autocast_model(torch.compile(model), device)
+    # The probe's t has the layout the sampling loops pass: one step index expanded to [N]
+    # (stride 0).  A contiguous t would compile a graph the loops then cannot use (dynamo guards
+    # on strides), and the first step would compile a second one.
+    t = torch.zeros(1, dtype=torch.long, device=device).expand(probe_shape[0])
+    with torch.no_grad():
+        fast(torch.zeros(probe_shape, device=device, dtype=dtype), t)
+    return fast
 
 
 def sampler_from_modules(ema: SimpleUnet, schedule: Schedule, data_cfg: DataConfig, device: torch.device,

@@ -6,8 +6,11 @@ schedule: its arrays and claimed schedule, ``q_sample`` at every t, ``p_sample``
 every t, no noise at t = 1 per element, the noise's variance per t and pooled), ``p_sample_loop``
 (the fast in-place loop) against ``p_sample`` replayed with the same noise stream, and ``loss``
 (the t the model is given); and the public helpers outside that path, ``predict_x0_from_eps``
-and ``p_mean_variance(clip_denoised=True)``, exactly.  The CUDA-graph loop is not run here (a note says so); the tests hold
-its static step to the eager loop on the CPU.  See :mod:`ddpm_check.verify.engine`.
+and ``p_mean_variance(clip_denoised=True)``, exactly.  ``p_sample_loop``'s other two paths are held
+to ``p_sample`` the same way: the CUDA-graph loop's step (static buffers, a device-side index;
+replayed eagerly on the CPU, and captured as a graph where CUDA is present) and the loop driving a
+model compiled as ``sample --compile`` compiles it (where torch.compile works; a note otherwise).
+See :mod:`ddpm_check.verify.engine`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ VARIANTS = (
     Variant("helper_x0_sqrt_dropped",
             "predict_x0_from_eps divides by alpha_bar_t where sqrt(alpha_bar_t) belongs",
             sim="helper_x0_sqrt_dropped"),
+    Variant("graph_noise_drawn_once",
+            "the CUDA-graph step replays the noise of its first step at every step (its buffer never refilled)",
+            sim="graph_noise_once"),
+    Variant("graph_index_baked_in",
+            "the CUDA-graph step reads its coefficients at the index it was recorded with (t = T) at every replay",
+            sim="graph_index_baked"),
+    Variant("compiled_model_in_bfloat16",
+            "the compiled path runs the model in bfloat16 (as autocast does on CUDA) against a float32 reference",
+            sim="compiled_bf16"),
     Variant("expected_mean_alpha_for_alpha_bar",
             "the expected mean with alpha_t where alpha_bar_t belongs",
             results=swap_symbol("mean-eps", ["mu_tilde_t_eps"], "alpha_bar_t", "alpha_t")),
@@ -98,10 +110,127 @@ def run(ctx: CheckContext) -> None:
     for m in ("ddim_step", "ddim_sample"):  # DDIM's loop has its own check (ddim), every visited step held
         tgt.methods.pop(m, None)
     engine.run_sections(ctx, tgt, ctx.samples)
+    _fast_loops(ctx, ours, tgt, engine)
     _helpers(ctx, ours.diffusion, engine)
-    where = "no CUDA here" if not torch.cuda.is_available() else "not yet held by this check"
-    ctx.notes.append(f"paths: the CUDA-graph loop (p_sample_loop(graph=True)) was not run ({where}); the compiled "
-                     "and graph-step loops are held to the eager one by tests/test_fast_paths.py")
+
+
+#: torch.compile'd loop models by (T, shape), or the reason compiling failed: compiling costs a
+#: few seconds once per process, not once per run of the check
+_COMPILED: dict[tuple, object] = {}
+
+
+def _compiled(model, T: int, shape: tuple[int, ...]):
+    """``model`` compiled as ``sample --compile`` compiles a network (ddpm_check.sample), or the
+    one-line reason it could not be."""
+    import torch
+
+    from ddpm_check.errors import first_line
+    from ddpm_check.sample import compiled_eps_model
+
+    key = (T, shape)
+    if key not in _COMPILED:
+        try:
+            _COMPILED[key] = compiled_eps_model(model, torch.device("cpu"), shape)
+        except Exception as exc:  # no C++ compiler, an unsupported Python, ...
+            _COMPILED[key] = first_line(exc, typed=True)
+    return _COMPILED[key]
+
+
+def _fast_loops(ctx: CheckContext, ours, tgt, engine) -> None:
+    """p_sample_loop's other two paths held to p_sample replayed with the same noise stream, as the
+    engine's sample row holds the eager loop: the CUDA-graph loop's step (static buffers, every
+    coefficient gathered by a device-side index; replayed eagerly where there is no CUDA, captured
+    and replayed as a graph where there is), and the loop driving a torch.compile'd model."""
+    import torch
+
+    d = ours.diffusion
+    T, shape, seed = d.T, engine.SAMPLER_SHAPE, ctx.seed
+    model = _LOOP_MODELS.setdefault(T, engine.loop_model(T))
+    try:
+        x_steps = engine.replay_steps(tgt, model, shape, seed)
+    except engine.TargetError as exc:
+        engine._failed_call(ctx, "the same T steps one by one", f"T={T}", exc, group="fast loops")
+        return
+    if ctx.sim in ("graph_noise_once", "graph_index_baked"):
+        d = _broken_graph_step(d, ctx.sim)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x_g, _ = d._p_sample_loop_graphed(model, d._start(shape, g, None), g, None, None, capture_graph=False)
+    engine.loop_equals_steps(ctx, "graph-step loop (static buffers, device-side index), replayed eagerly = p_sample's "
+                             "steps", tgt, x_g, x_steps, group="fast loops",
+                             note="the arithmetic p_sample_loop(graph=True) records; the capture itself needs CUDA")
+    if torch.cuda.is_available():
+        _captured_graph(ctx, d, model, tgt, engine)
+    else:
+        ctx.notes.append("paths: capturing the CUDA graph itself: not available here (no CUDA); its step's "
+                         "arithmetic is the graph-step row")
+    fast = _compiled(model, T, shape)
+    if isinstance(fast, str):
+        ctx.notes.append(f"paths: the compiled path (sample --compile): not available here ({fast})")
+        return
+    if ctx.sim == "compiled_bf16":
+        fast = (lambda f: lambda x, t: f(x, t).to(torch.bfloat16).to(x.dtype))(fast)
+    torch.manual_seed(seed)
+    x_c = d.p_sample_loop(fast, shape, generator=torch.Generator().manual_seed(seed))
+    engine.loop_equals_steps(ctx, "p_sample_loop with the model torch.compile'd as sample --compile does = p_sample's "
+                             "steps with the eager model", tgt, x_c, x_steps, group="fast loops",
+                             note="on the CPU (no bf16 autocast); the compiled model's rounding is within the budget")
+
+
+def _captured_graph(ctx: CheckContext, d, model, tgt, engine) -> None:
+    """Where CUDA is present: the loop with its step captured as a CUDA graph and replayed T times
+    against the eager loop on the same device with the same generator (the eager loop is the one
+    the sample row holds to p_sample).  A capture that fails is a note with its reason."""
+    import torch
+
+    from ddpm_check.diffusion import GaussianDiffusion
+    from ddpm_check.errors import first_line
+
+    dc = GaussianDiffusion(d.schedule, dtype=d.dtype, device="cuda", prediction=d.prediction)
+    shape, seed = engine.SAMPLER_SHAPE, ctx.seed
+    g = torch.Generator("cuda").manual_seed(seed)
+    try:
+        x_cap, _ = dc._p_sample_loop_graphed(model, dc._start(shape, g, None), g, None, None, capture_graph=True)
+    except RuntimeError as exc:
+        ctx.notes.append(f"paths: capturing the CUDA graph failed here ({first_line(exc)}); not held")
+        return
+    x_eager = dc.p_sample_loop(model, shape, generator=torch.Generator("cuda").manual_seed(seed))
+    engine.loop_equals_steps(ctx, "p_sample_loop(graph=True), the step captured and replayed on CUDA = the eager loop "
+                             "on CUDA", tgt, x_cap.cpu(), x_eager.cpu(), group="fast loops",
+                             note="the same generator on the device; the eager loop is held to p_sample above")
+
+
+#: one loop model per T: torch.compile's cache belongs to the function it compiled
+_LOOP_MODELS: dict[int, object] = {}
+
+
+def _broken_graph_step(diffusion, kind: str):
+    """``diffusion`` with a deliberately wrong graph step (variants only): the noise buffer of the
+    first step reused, or the coefficients of the index the step was recorded at."""
+    import copy
+
+    d = copy.copy(diffusion)
+    orig = type(diffusion)._graph_step
+    first: dict = {}
+
+    def step(model, x, noise, i_dev):
+        if kind == "graph_noise_once":
+            first.setdefault("noise", noise.clone())
+            return orig(d, model, x, first["noise"], i_dev)
+        first.setdefault("i", i_dev.clone())
+        return _baked(d, model, x, noise, i_dev, first["i"])
+
+    d._graph_step = step
+    return d
+
+
+def _baked(d, model, x, noise, i_dev, i_rec):
+    """One graph step whose model sees the live index but whose coefficients are those of i_rec."""
+    view = (1,) * (x.ndim - 1)
+    out = model(x, i_dev.expand(x.shape[0]))
+    x_new = d._step_mean(x, out, lambda name: getattr(d, name).index_select(0, i_rec).reshape(view))
+    x_new.addcmul_(noise, d.posterior_std.index_select(0, i_rec).reshape(view))
+    x.copy_(x_new)
 
 
 def _helpers(ctx: CheckContext, diffusion, engine) -> None:

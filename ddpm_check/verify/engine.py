@@ -509,38 +509,60 @@ def _diagnose_variance(est: float, ref: Reference, k: int, var_name: str) -> str
         f": matches {best}" if close else "")
 
 
+def loop_model(T: int, timestep_base: int = 0) -> Callable:
+    """The sampler rows' model: deterministic and t-dependent (a skipped or shifted step changes the
+    result), computed in float64 and returned in the input's dtype."""
+
+    def model(x, t):
+        tt = (t.to(torch.float64) - timestep_base).reshape(-1, *([1] * (x.dim() - 1))) / max(T, 1)
+        return (0.5 * torch.tanh(x.to(torch.float64)) + 0.1 * tt).to(x.dtype)
+
+    return model
+
+
+def replay_steps(tgt: Target, model: Callable, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """x_0 from the target's ``step`` called T times in a row, x_T and then each step's noise drawn
+    from one generator seeded ``seed``: what a whole loop with that generator must return."""
+    T = tgt.T
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g)
+    for k in reversed(range(T)):
+        t = torch.full((shape[0],), k, dtype=torch.long) + tgt.timestep_base
+        x = _tensor(tgt, "step", tgt.call("step", model(x, t), t, x, g), shape)
+    return x
+
+
+def loop_equals_steps(ctx: CheckContext, quantity: str, tgt: Target, x_loop: torch.Tensor, x_steps: torch.Tensor,
+                      note: str = "", group: str = "sample") -> None:
+    """The exact row "this loop = the target's steps replayed with the same noise stream" (the
+    target's unit roundoff, 4 T units of budget)."""
+    T = tgt.T
+    a, b = x_loop.to(torch.float64).numpy(), x_steps.to(torch.float64).numpy()
+    _exact(ctx, quantity, f"T={T}, {a.shape[0]} images", "target step", a, b, np.abs(a) + np.abs(b) + 1.0,
+           _u_of(tgt), 4.0 * T, note=note, group=group)
+
+
 def _sampler(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
     T = ref.betas.size
     shape = SAMPLER_SHAPE
     seed = ctx.seed
-
-    def model(x, t):  # deterministic and t-dependent: a skipped or shifted step changes the result
-        tt = (t.to(torch.float64) - tgt.timestep_base).reshape(-1, *([1] * (x.dim() - 1))) / max(T, 1)
-        return (0.5 * torch.tanh(x.to(torch.float64)) + 0.1 * tt).to(x.dtype)
-
+    model = loop_model(T, tgt.timestep_base)
     try:
         torch.manual_seed(seed)
         x_s = tgt.call("sample", model, shape, torch.Generator().manual_seed(seed))
-        x_s = _tensor(tgt, "sample", x_s, shape).to(torch.float64)
+        x_s = _tensor(tgt, "sample", x_s, shape)
     except TargetError as exc:
         _failed_call(ctx, "sample(model, shape, generator)", f"T={T}", exc, group="sample")
         return
     try:
-        torch.manual_seed(seed)
-        g = torch.Generator().manual_seed(seed)
-        x = torch.randn(shape, generator=g)
-        for k in reversed(range(T)):
-            t = torch.full((shape[0],), k, dtype=torch.long) + tgt.timestep_base
-            x = _tensor(tgt, "step", tgt.call("step", model(x, t), t, x, g), shape)
+        x = replay_steps(tgt, model, shape, seed)
     except TargetError as exc:
         _failed_call(ctx, "the same T steps one by one", f"T={T}", exc, group="sample")
         return
-    u = _u_of(tgt)
-    scale = x_s.abs().numpy() + x.to(torch.float64).abs().numpy() + 1.0
-    _exact(ctx, "sample = its steps replayed with the same noise stream", f"T={T}, {shape[0]} images",
-           "target step", x_s.numpy(), x.to(torch.float64).numpy(), scale, u, 4.0 * T,
-           note="x_T drawn first from the generator, then each step's noise; a skipped or repeated step, an "
-                "index slip or a missing noise term of any size shows here", group="sample")
+    loop_equals_steps(ctx, "sample = its steps replayed with the same noise stream", tgt, x_s, x,
+                      note="x_T drawn first from the generator, then each step's noise; a skipped or repeated step, "
+                           "an index slip or a missing noise term of any size shows here")
 
 
 #: samples drawn by the target's sampler for the whole-distribution row
