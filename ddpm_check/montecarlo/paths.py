@@ -83,8 +83,6 @@ def _broken_loop(diffusion, kind: str):
 def run(ctx: CheckContext) -> None:
     """The verify engine's sections on our float32 GaussianDiffusion (ctx.samples values per t in
     the step's variance rows)."""
-    import torch
-
     from ddpm_check.verify import engine, targets
     from ddpm_check.verify.builtin import OurDiffusion
 
