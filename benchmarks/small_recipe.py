@@ -23,7 +23,7 @@ def parse(spec: str) -> tuple[str, dict]:
     kw = {}
     for part in filter(None, rest.split(",")):
         k, _, v = part.partition("=")
-        if k in ("steps", "batch_size", "timesteps"):
+        if k in ("steps", "batch_size", "timesteps", "lr_warmup"):
             kw[k] = int(v)
         elif k in ("lr", "ema_decay", "beta_start", "beta_end"):
             kw[k] = float(v)

@@ -63,6 +63,10 @@ from ddpm_check.schedules import Schedule, ScheduleConfig
 from ddpm_check.unet import SimpleUnet, UNetConfig
 
 
+#: TrainConfig.lr_schedule's values
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings (saved in every checkpoint)."""
@@ -76,6 +80,11 @@ class TrainConfig:
     #: what the network predicts: "eps" (Ho et al.), "x0" or "v" (ddpm_check.diffusion); checkpoints
     #: written before it existed predict eps
     prediction: str = "eps"
+    #: the learning rate over the run: a linear warm-up from lr/lr_warmup to ``lr`` over the first
+    #: ``lr_warmup`` steps, then "constant" (``lr``) or "cosine" (half a cosine from ``lr`` down to 0
+    #: at step ``steps``)
+    lr_schedule: str = "constant"
+    lr_warmup: int = 0
 
     def __post_init__(self) -> None:
         def _int(v):
@@ -95,13 +104,29 @@ class TrainConfig:
         if self.loss not in LOSS_KINDS:
             raise DDPMCheckError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSS_KINDS)}")
         check_prediction(self.prediction)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise DDPMCheckError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose one of "
+                                 f"{', '.join(LR_SCHEDULES)}")
+        if not _int(self.lr_warmup) or self.lr_warmup < 0:
+            raise DDPMCheckError(f"learning-rate warm-up must be an integer >= 0 steps, got {self.lr_warmup!r}")
         check_seed(self.seed)
         # plain Python numbers from here on (numpy's are not JSON: the final save failed on them)
-        for k, cast in (("steps", int), ("batch_size", int), ("seed", int), ("lr", float), ("ema_decay", float)):
+        for k, cast in (("steps", int), ("batch_size", int), ("seed", int), ("lr", float), ("ema_decay", float),
+                        ("lr_warmup", int)):
             object.__setattr__(self, k, cast(getattr(self, k)))
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def lr_at(self, k: int) -> float:
+        """The learning rate of 0-based step ``k`` (the step that makes ``k + 1`` done)."""
+        if k < self.lr_warmup:
+            return self.lr * (k + 1) / self.lr_warmup
+        if self.lr_schedule == "constant":
+            return self.lr
+        span = max(self.steps - self.lr_warmup, 1)
+        frac = min(max(k - self.lr_warmup, 0) / span, 1.0)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -150,6 +175,7 @@ def configs_from_options(*, small: bool = False, data: str | None = None, flip: 
                          beta_end: float | None = None, loss: str | None = None, steps: int | None = None,
                          batch_size: int | None = None, lr: float | None = None, ema_decay: float | None = None,
                          prediction: str | None = None, zero_snr: bool = False,
+                         lr_schedule: str | None = None, lr_warmup: int | None = None,
                          seed: int = 0) -> tuple[UNetConfig, ScheduleConfig, DataConfig, TrainConfig]:
     """The configurations of a new run from `train`'s options: the preset ("small" with
     ``small``, "full" with ``model="full"``, else "default") with every option given (not None)
@@ -161,12 +187,17 @@ def configs_from_options(*, small: bool = False, data: str | None = None, flip: 
         raise DDPMCheckError(f"unknown --model {model!r}; choose one of {', '.join(MODEL_SIZES)}")
     if prediction is not None:
         check_prediction(prediction, "--prediction")
+    if lr_schedule is not None and lr_schedule not in LR_SCHEDULES:
+        raise DDPMCheckError(f"unknown --lr-schedule {lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    if lr_warmup is not None and (isinstance(lr_warmup, bool) or not isinstance(lr_warmup, int) or lr_warmup < 0):
+        raise DDPMCheckError(f"--lr-warmup must be an integer >= 0 (steps), got {lr_warmup!r}")
     if zero_snr and prediction != "v":
         raise DDPMCheckError(f"--zero-snr needs --prediction v (got {prediction or 'eps'}): with abar_T = 0, "
                              "eps-prediction cannot give x_0 at t = T")
     preset = PRESETS["small" if small else ("full" if model == "full" else "default")]
     given = dict(data=data, image_size=image_size, model=model, timesteps=timesteps, schedule=schedule,
-                 loss=loss, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay)
+                 loss=loss, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
+                 lr_schedule=lr_schedule, lr_warmup=lr_warmup)
     cfg = {**preset, **{k: v for k, v in given.items() if v is not None}}
     # the sizes a checkpoint may have, checked before the schedule (T floats) is built
     ckpt.check_limits({"schedule": {"T": cfg["timesteps"]}, "data": {"image_size": cfg["image_size"]},
@@ -183,7 +214,8 @@ def configs_from_options(*, small: bool = False, data: str | None = None, flip: 
     model_cfg.check_image_size(data_cfg.image_size)
     train_cfg = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                             ema_decay=cfg["ema_decay"], loss=cfg["loss"], seed=seed,
-                            prediction=prediction or "eps")
+                            prediction=prediction or "eps", lr_schedule=cfg.get("lr_schedule", "constant"),
+                            lr_warmup=cfg.get("lr_warmup", 0))
     return model_cfg, sched_cfg, data_cfg, train_cfg
 
 
@@ -587,6 +619,10 @@ class Trainer:
             self._compile_pending = False
         else:
             loss = self._forward_backward(x_0, t, noise)
+        if self.train_cfg.lr_schedule != "constant" or self.step < self.train_cfg.lr_warmup + 1:
+            lr = self.train_cfg.lr_at(self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         self.optimizer.step()
         self._ema_update()
         self.step += 1

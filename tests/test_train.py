@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import zipfile
 
@@ -81,6 +82,60 @@ def test_resume_is_bit_exact_on_cpu(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert full.loss_history == resumed.loss_history
+
+
+def test_cosine_learning_rate_follows_its_definition():
+    # warm-up: lr (k + 1)/w for k < w; then lr (1 + cos(pi (k - w)/(steps - w)))/2, so lr at the
+    # start of the decay, lr/2 halfway, 0 at the last step's end (values from the formula by hand)
+    cfg = TrainConfig(steps=110, lr=0.004, lr_schedule="cosine", lr_warmup=10)
+    assert cfg.lr_at(0) == pytest.approx(0.0004) and cfg.lr_at(9) == pytest.approx(0.004)
+    assert cfg.lr_at(10) == pytest.approx(0.004)
+    assert cfg.lr_at(60) == pytest.approx(0.002)
+    assert cfg.lr_at(85) == pytest.approx(0.004 * (1 - 2 ** -0.5) / 2)  # cos(3 pi/4)
+    assert cfg.lr_at(109) == pytest.approx(0.004 * (1 + math.cos(math.pi * 99 / 100)) / 2)
+    const = TrainConfig(steps=50, lr=0.01, lr_warmup=4)
+    assert [const.lr_at(k) for k in (0, 1, 3, 4, 49)] == pytest.approx([0.0025, 0.005, 0.01, 0.01, 0.01])
+    assert TrainConfig(lr=0.01).lr_at(0) == 0.01
+
+
+def test_the_trainer_steps_with_the_scheduled_learning_rate():
+    tr = tiny_trainer(steps=8, lr=0.002, lr_schedule="cosine", lr_warmup=2)
+    seen = []
+    real_step = tr.optimizer.step
+
+    def spy(*a, **k):
+        seen.append(tr.optimizer.param_groups[0]["lr"])
+        return real_step(*a, **k)
+
+    tr.optimizer.step = spy
+    tr.run()
+    assert seen == pytest.approx([0.001, 0.002] + [0.001 * (1 + math.cos(math.pi * j / 6)) for j in range(6)])
+
+
+def test_resume_mid_cosine_is_bit_exact_and_old_configs_are_constant(tmp_path):
+    kw = dict(lr_schedule="cosine", lr_warmup=2)
+    full = tiny_trainer(steps=6, **kw)
+    full.run()
+    half = tiny_trainer(steps=6, **kw)
+    half.run(until=3, checkpoint_path=tmp_path / "checkpoint.safetensors")
+    resumed = Trainer.from_checkpoint(tmp_path, device="cpu")
+    assert resumed.train_cfg.lr_schedule == "cosine" and resumed.step == 3
+    resumed.run()
+    a, b = _all_state(full), _all_state(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("lr_schedule", "lr_warmup")}
+    assert TrainConfig.from_dict(old).lr_schedule == "constant" and TrainConfig.from_dict(old).lr_warmup == 0
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(lr_schedule="linear"), "unknown learning-rate schedule 'linear'"),
+    (dict(lr_warmup=-1), "got -1"),
+    (dict(lr_warmup=2.5), "got 2.5"),
+])
+def test_bad_learning_rate_schedules_are_refused(kw, words):
+    with pytest.raises(DDPMCheckError, match=words):
+        TrainConfig(**kw)
 
 
 def test_checkpoint_round_trip_and_config_json(tmp_path):

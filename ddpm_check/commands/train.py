@@ -37,6 +37,8 @@ def command(
     batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
     ema_decay: Annotated[Optional[float], typer.Option(help="EMA decay of the weights used for sampling, in [0, 1).")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(help="Learning rate over the run: constant, or cosine (a linear warm-up over --lr-warmup steps, then half a cosine down to 0 at the last step; with --resume and a larger --steps it runs to the new total).", show_default=False)] = None,
+    lr_warmup: Annotated[Optional[int], typer.Option(help="Steps of linear learning-rate warm-up, up to --lr (either schedule).", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (CUDA: bf16 autocast, channels_last).")] = "auto",
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network (faster long GPU runs; the first step compiles; falls back to eager if unavailable).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, the data order, t and the noise.")] = 0,
@@ -80,7 +82,8 @@ def command(
                 "--model": model, "--channels-list": channels_list, "-T": timesteps, "--schedule": schedule,
                 "--beta-start": beta_start, "--beta-end": beta_end, "--loss": loss, "--prediction": prediction,
                 "--zero-snr": zero_snr or None, "--batch-size": batch_size,
-                "--lr": lr, "--ema-decay": ema_decay, "--seed": seed or None}
+                "--lr": lr, "--ema-decay": ema_decay, "--lr-schedule": lr_schedule, "--lr-warmup": lr_warmup,
+                "--seed": seed or None}
     ignored = [k for k, v in settings.items() if v is not None] if resume is not None else []
     dev = T.resolve_device(device)
 
@@ -93,7 +96,7 @@ def command(
             small=small, data=data, flip=flip, image_size=image_size, channels=channels, model=model,
             channels_list=channels_list, timesteps=timesteps, schedule=schedule, beta_start=beta_start,
             beta_end=beta_end, loss=loss, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
-            prediction=prediction, zero_snr=zero_snr, seed=seed)
+            prediction=prediction, zero_snr=zero_snr, lr_schedule=lr_schedule, lr_warmup=lr_warmup, seed=seed)
         out_dir = Path(out) if out is not None else Path("runs") / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
     # the folder is this run's until it ends: made, locked against a second run, proven writable and
     # free of another run's files before the model is built (rank 0 alone writes under torchrun)
@@ -105,6 +108,13 @@ def command(
         return _train(trainer, out_dir, con, t_start=t_start, resumed=ck_file is not None, ignored=ignored,
                       as_json=as_json, compile_=compile_, checkpoint_every=checkpoint_every, n_samples=n_samples,
                       eval_n=eval_n, seed=seed)
+
+
+def _lr_words(cfg) -> str:
+    """How the learning rate moves, after its value in the start line ("" when constant)."""
+    words = ([cfg.lr_schedule] if cfg.lr_schedule != "constant" else []) + (
+        [f"warm-up {cfg.lr_warmup}"] if cfg.lr_warmup else [])
+    return f" ({', '.join(words)})" if words else ""
 
 
 def _train(trainer, out_dir: Path, con, *, t_start: float, resumed: bool, ignored: list[str], as_json: bool,
@@ -130,7 +140,8 @@ def _train(trainer, out_dir: Path, con, *, t_start: float, resumed: bool, ignore
             f"{d.kind}{' ' + esc(d.path) if d.path else ''} {d.channels}x{d.image_size}x{d.image_size} "
             f"({len(trainer.data)} images), T={trainer.schedule.T} {trainer.schedule_cfg.kind}"
             f"{' zero-SNR' if trainer.schedule_cfg.zero_snr else ''}, {trainer.train_cfg.loss} on "
-            f"{trainer.train_cfg.prediction}, batch {trainer.train_cfg.batch_size}, lr {trainer.train_cfg.lr}, "
+            f"{trainer.train_cfg.prediction}, batch {trainer.train_cfg.batch_size}, lr {trainer.train_cfg.lr}"
+            f"{_lr_words(trainer.train_cfg)}, "
             f"EMA {trainer.train_cfg.ema_decay}, device {trainer.device.type}"
             + (f", {trainer.dist.world_size} processes (DDP)" if trainer.dist.enabled else "")
             + (", torch.compile" if compile_ else "")

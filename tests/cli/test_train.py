@@ -36,6 +36,16 @@ def test_train_human_output_names_files_and_metric(tmp_path):
     assert "929,409 params" in r.output  # the small SimpleUnet
 
 
+def test_a_cosine_learning_rate_is_announced_and_saved(tmp_path):
+    out = tmp_path / "c"
+    r = runner.invoke(app, ["train", *QUICK, "--steps", "3", "--eval-n", "0", "--lr-schedule", "cosine",
+                            "--lr-warmup", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "(cosine, warm-up 1)" in r.output
+    cfg = json.loads((out / "config.json").read_text())["train"]
+    assert cfg["lr_schedule"] == "cosine" and cfg["lr_warmup"] == 1
+
+
 def test_resume_continues_to_new_total(trained, tmp_path):
     out, _ = trained
     import shutil
@@ -77,6 +87,8 @@ def test_resume_to_fewer_steps_than_done_is_refused_before_training(trained):
         (["--zero-snr"], ["--zero-snr needs --prediction v", "got eps"]),
         (["--zero-snr", "--prediction", "x0"], ["--zero-snr needs --prediction v", "got x0"]),
         (["--zero-snr", "--prediction", "v", "-T", "1"], ["T >= 2", "T = 1"]),
+        (["--lr-schedule", "step"], ["--lr-schedule", "'step'", "constant, cosine"]),
+        (["--lr-warmup", "-5"], ["--lr-warmup", "-5"]),
     ],
 )
 def test_train_bad_values(tmp_path, args, words, clean_error):
