@@ -37,6 +37,15 @@ from ddpm_check import checkpoint as ckpt
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT, a POSIX signal")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _python_sigint():
+    """Python's own SIGINT handler in this process, as in a terminal: a shell that starts pytest in
+    the background (`cmd &`, nohup) leaves SIGINT ignored, and then no Ctrl-C exists to test."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
 TINY = ["--data", "digits", "--image-size", "8", "--channels-list", "8,16", "-T", "20",
         "--batch-size", "8", "--seed", "3", "--eval-n", "0", "--n-samples", "2"]
 FOREVER = ["--steps", "1000000", "--checkpoint-every", "20"]

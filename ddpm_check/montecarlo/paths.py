@@ -28,6 +28,9 @@ VARIANTS = (
     Variant("loop_noise_at_last_step",
             "the fast loop adds noise of variance beta_1 at index 0",
             sim="loop_last_noise"),
+    Variant("loop_noise_left_out_at_t2",
+            "the fast loop draws the noise of index 1 (paper t = 2) but does not add it",
+            sim="loop_drop_noise"),
     Variant("linear_schedule_spacing_off",
             "the linear betas spaced as linspace(start, end, T + 1)[1:] (beta_1 is not beta_start)",
             sim="schedule_spacing"),
@@ -70,7 +73,8 @@ def _broken_loop(diffusion, kind: str):
             x_new.mul_(diffusion.sqrt_recip_alphas[i])
             if i > 0:
                 noise = torch.randn(shape, generator=generator, dtype=diffusion.dtype)
-                x_new.addcmul_(noise, diffusion.posterior_std[i].reshape(view))
+                if not (kind == "loop_drop_noise" and i == 1):
+                    x_new.addcmul_(noise, diffusion.posterior_std[i].reshape(view))
             elif kind == "loop_last_noise":
                 noise = torch.randn(shape, generator=generator, dtype=diffusion.dtype)
                 x_new.add_(noise * float(diffusion.betas[0]) ** 0.5)
@@ -88,7 +92,7 @@ def run(ctx: CheckContext) -> None:
 
     sched = default_schedule(ctx.user_schedule)
     ours = OurDiffusion(sched.config)
-    if ctx.sim in ("loop_index_slip", "loop_skip_last", "loop_last_noise"):
+    if ctx.sim in ("loop_index_slip", "loop_skip_last", "loop_last_noise", "loop_drop_noise"):
         ours.sample = _broken_loop(ours.diffusion, ctx.sim)
     elif ctx.sim == "schedule_spacing":  # the arrays a wrong linspace gives, under the linear claim
         import numpy as np
