@@ -44,6 +44,18 @@ def linear_betas(T_: int, start: float, end: float) -> np.ndarray:
     return np.asarray(_lambdified("linear")(ts, float(T_), float(start), float(end)), dtype=np.float64)
 
 
+def cosine_beta_condition(T_: int, s_: float = 0.008) -> np.ndarray:
+    """The condition number of each cosine beta_t = 1 - f(t)/f(t-1) in the ratio's terms (float64
+    [T], >= 1): a computed cos^2(x) carries a relative error of about 2 |x tan x| u, large as x
+    nears pi/2 (t near T), and the ratio adds those of f(t) and f(t-1).  Capped at 1e12 (where
+    x = pi/2, beta_t is the 0.999 cap, exact in any implementation)."""
+    ts = np.arange(0, T_ + 1, dtype=np.float64)
+    x = (ts / T_ + s_) / (1 + s_) * (np.pi / 2)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        amp = np.nan_to_num(2.0 * np.abs(x * np.tan(x)), nan=1e12, posinf=1e12)
+    return np.minimum(1.0 + amp[1:] + amp[:-1], 1e12)
+
+
 def cosine_betas(T_: int, s_: float = 0.008) -> np.ndarray:
     """beta_t for t = 1..T from the cosine definition, capped at 0.999 (float64 [T])."""
     ts = np.arange(0, T_ + 1, dtype=np.float64)

@@ -129,12 +129,18 @@ def _compiled(model, T: int, shape: tuple[int, ...]):
     from ddpm_check.errors import first_line
     from ddpm_check.sample import compiled_eps_model
 
+    from torch._dynamo.utils import counters
+
     key = (T, shape)
     if key not in _COMPILED:
+        graphs = counters["stats"]["unique_graphs"]
         try:
             _COMPILED[key] = compiled_eps_model(model, torch.device("cpu"), shape)
         except Exception as exc:  # no C++ compiler, an unsupported Python, ...
             _COMPILED[key] = first_line(exc, typed=True)
+        else:  # torch.compile turned into a no-op (TORCHDYNAMO_DISABLE=1, ...) compiles no graph
+            if counters["stats"]["unique_graphs"] == graphs:
+                _COMPILED[key] = "torch.compile compiled nothing: it is disabled in this process"
     return _COMPILED[key]
 
 
@@ -272,7 +278,8 @@ def _helpers(ctx: CheckContext, diffusion, engine) -> None:
     c1, c2 = np.asarray(fp["posterior_mean_coef1"](**inp)), np.asarray(fp["posterior_mean_coef2"](**inp))
     # near the clip boundary float32 rounding may fall on either side: those elements are left out
     keep = np.abs(np.abs(want) - 1.0) > 1e-4 * scale
-    mscale = c1 * np.abs(clipped) + c2 * np.abs(xd) + c1 * 1e-4 * scale
+    # an unclipped x0_hat carries x0_hat's own rounding (its scale) into the mean; a clipped one is exact
+    mscale = c1 * np.abs(clipped) + c2 * np.abs(xd) + c1 * np.where(np.abs(want) < 1.0, scale, 0.0)
     engine._exact(ctx, "p_mean_variance(clip_denoised=True): mean = mu_tilde_t(x_t, clip(x0_hat))  (eq. 7)",
                   f"t=1..{T}", "derivation posterior", out["mean"].double().numpy()[keep], mean_want[keep],
                   mscale[keep], u, engine.BUDGET["step"], group="clip_denoised")

@@ -159,9 +159,13 @@ def _schedule(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
         if claim["kind"] == "linear":
             want = SD.linear_betas(T, claim["beta_start"], claim["beta_end"])
             what = f"linear {claim['beta_start']:g}..{claim['beta_end']:g}"
+            scale = np.maximum(np.abs(want), abs(want).max() * 1e-3)
         else:
             want = SD.cosine_betas(T, claim.get("s", 0.008))
             what = f"cosine s={claim.get('s', 0.008):g}"
+            # beta_t = 1 - f(t)/f(t-1): the subtraction leaves the ratio's rounding (u times the ratio,
+            # not times beta_t), and f near cos(pi/2) at the end amplifies it (the condition number)
+            scale = np.maximum(np.abs(want), 1.0 - want) * SD.cosine_beta_condition(T, claim.get("s", 0.008))
         if tgt.betas is None:  # compare alpha_bar instead
             _exact(ctx, "alphas_cumprod = the claimed schedule's", f"{what}, t=1..{T}", "definition (sympy)",
                    ref.alphas_cumprod, np.cumprod(1.0 - want), np.arange(1, T + 1) * np.abs(np.cumprod(1.0 - want)),
@@ -173,8 +177,7 @@ def _schedule(ctx: CheckContext, tgt: Target, ref: Reference) -> None:
                                               f"definition's {want[j]:.6g} ({ref.betas[j] / want[j]:.4g}x); "
                                               f"{int((rel > 1e-6).sum())} of {T} differ")
             _exact(ctx, "betas = the claimed schedule's", f"{what}, t=1..{T}", "definition (sympy)",
-                   ref.betas, want, np.maximum(np.abs(want), abs(want).max() * 1e-3), u, BUDGET["schedule"],
-                   note=note, group="claimed schedule")
+                   ref.betas, want, scale, u, BUDGET["schedule"], note=note, group="claimed schedule")
     # precision: the coefficients a step divides by, from the stored arrays, against float64
     stored_dtype = tgt.dtypes.get("alphas_cumprod", tgt.dtypes.get("betas", "float64"))
     if unit_roundoff(stored_dtype) > unit_roundoff("float64"):

@@ -150,7 +150,10 @@ def test_paths_holds_the_graph_step_and_the_compiled_loop(checked):
     rows = {r.quantity.split(" (")[0].split(" =")[0]: r for r in res.rows if r.group == "fast loops"}
     assert any(q.startswith("graph-step loop") and r.passed for q, r in rows.items()), list(rows)
     compiled = [r for q, r in rows.items() if "torch.compile'd" in q]
-    if shutil.which("c++") or shutil.which("g++"):
+    import os
+
+    disabled = "1" in (os.environ.get("TORCHDYNAMO_DISABLE"), os.environ.get("TORCH_COMPILE_DISABLE"))
+    if (shutil.which("c++") or shutil.which("g++")) and not disabled:
         assert compiled and all(r.passed for r in compiled), res.notes
     else:
         assert compiled or any("compiled path" in n for n in res.notes)

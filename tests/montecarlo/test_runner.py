@@ -90,6 +90,16 @@ def test_another_schedule_passes(name):
     assert res.schedule["kind"] == "cosine" and res.schedule["T"] == 100
 
 
+@pytest.mark.parametrize("cfg", [ScheduleConfig("cosine", T=1000), ScheduleConfig("cosine", T=2)],
+                         ids=["cosine-1000", "cosine-2"])
+def test_paths_passes_on_the_cosine_schedule(cfg):
+    # Two correct evaluations of the cosine betas differ by u times the ratio f(t)/f(t-1) and by
+    # the condition number of cos^2 near pi/2 (up to 2,200 u of beta_t at T = 1000), and at T = 2
+    # the clipped mean inherits x0_hat's rounding at abar_T = 5e-4: both once failed correct code
+    res = mc.run_check("paths", schedule=cfg)
+    assert res.passed, [(r.quantity, r.statistic, r.threshold) for r in res.rows if not r.passed]
+
+
 def test_the_default_schedule_is_reported():
     assert mc.run_check("mean-eps").schedule == ScheduleConfig().to_dict()
 
