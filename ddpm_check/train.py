@@ -109,6 +109,9 @@ class TrainConfig:
                                  f"{', '.join(LR_SCHEDULES)}")
         if not _int(self.lr_warmup) or self.lr_warmup < 0:
             raise DDPMCheckError(f"learning-rate warm-up must be an integer >= 0 steps, got {self.lr_warmup!r}")
+        if self.lr_warmup > self.steps:
+            raise DDPMCheckError(f"learning-rate warm-up of {self.lr_warmup} steps is longer than the run "
+                                 f"({self.steps} steps): the rate would never reach lr")
         check_seed(self.seed)
         # plain Python numbers from here on (numpy's are not JSON: the final save failed on them)
         for k, cast in (("steps", int), ("batch_size", int), ("seed", int), ("lr", float), ("ema_decay", float),
@@ -201,6 +204,12 @@ def configs_from_options(*, small: bool = False, data: str | None = None, flip: 
                  loss=loss, steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
                  lr_schedule=lr_schedule, lr_warmup=lr_warmup)
     cfg = {**preset, **{k: v for k, v in given.items() if v is not None}}
+    if lr_warmup is None and steps is not None and preset.get("lr_warmup"):
+        # the preset's warm-up is a share of the preset's run: the same share of another --steps
+        cfg["lr_warmup"] = preset["lr_warmup"] * steps // preset["steps"]
+    elif lr_warmup is not None and lr_warmup > cfg["steps"]:
+        raise DDPMCheckError(f"--lr-warmup {lr_warmup} is longer than the run (--steps {cfg['steps']}): the "
+                             f"learning rate would never reach --lr")
     # the sizes a checkpoint may have, checked before the schedule (T floats) is built
     ckpt.check_limits({"schedule": {"T": cfg["timesteps"]}, "data": {"image_size": cfg["image_size"]},
                        "train": {"batch_size": cfg["batch_size"]}}, "training configuration")

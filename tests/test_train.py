@@ -112,6 +112,16 @@ def test_the_trainer_steps_with_the_scheduled_learning_rate():
     assert seen == pytest.approx([0.001, 0.002] + [0.001 * (1 + math.cos(math.pi * j / 6)) for j in range(6)])
 
 
+def test_the_small_presets_warm_up_keeps_its_share_of_other_step_counts():
+    from ddpm_check.train import PRESETS, configs_from_options
+
+    p = PRESETS["small"]
+    assert configs_from_options(small=True)[3].lr_warmup == p["lr_warmup"]
+    assert configs_from_options(small=True, steps=2 * p["steps"])[3].lr_warmup == 2 * p["lr_warmup"]
+    assert configs_from_options(small=True, steps=5)[3].lr_warmup == 5 * p["lr_warmup"] // p["steps"]
+    assert configs_from_options(small=True, steps=5, lr_warmup=3)[3].lr_warmup == 3  # given: kept
+
+
 def test_resume_mid_cosine_is_bit_exact_and_old_configs_are_constant(tmp_path):
     kw = dict(lr_schedule="cosine", lr_warmup=2)
     full = tiny_trainer(steps=6, **kw)
@@ -132,6 +142,7 @@ def test_resume_mid_cosine_is_bit_exact_and_old_configs_are_constant(tmp_path):
     (dict(lr_schedule="linear"), "unknown learning-rate schedule 'linear'"),
     (dict(lr_warmup=-1), "got -1"),
     (dict(lr_warmup=2.5), "got 2.5"),
+    (dict(steps=5, lr_warmup=6), "warm-up of 6 steps is longer than the run"),
 ])
 def test_bad_learning_rate_schedules_are_refused(kw, words):
     with pytest.raises(DDPMCheckError, match=words):

@@ -91,9 +91,14 @@ def command(
                     "alpha_spent": sum(r.alpha_spent for r in results), "checks": [r.to_dict() for r in results]}
     else:
         render(con, results, full)
+        if variant is not None and ok:
+            con.print(f"[yellow]variant {variant} was not rejected with this schedule and seed: the mistake it "
+                      f"injects may change nothing this check can see here (the test suite rejects it on the "
+                      f"default schedule)[/yellow]", soft_wrap=True)
     if not ok:
         bad = ", ".join(r.name for r in results if not r.passed)
-        raise Failed(f"{bad} (root seed {root}; rerun with --seed {root})", code=1, label="FAILED", document=document)
+        again = f"--seed {root}" + (f" --variant {variant}" if variant is not None else "")
+        raise Failed(f"{bad} (root seed {root}; rerun with {again})", code=1, label="FAILED", document=document)
     return document
 
 

@@ -84,8 +84,15 @@ def test_a_wrong_variant_fails_with_exit_1_and_prints_the_seed():
     res = _invoke("mean-eps", "--variant", "beta_for_beta_tilde", "--seed", "11")
     assert res.exit_code == 1
     assert "mean-eps: FAIL" in res.stdout and "FAIL" in res.stdout
-    assert "FAILED: mean-eps (root seed 11; rerun with --seed 11)" in res.stderr
+    assert "FAILED: mean-eps (root seed 11; rerun with --seed 11 --variant beta_for_beta_tilde)" in res.stderr
     assert f"seed {stats.seed_for('mean-eps', 11)}" in res.stdout
+
+
+def test_a_variant_that_changes_nothing_here_says_so():
+    # at T = 2 the graph loop draws noise once: reusing its first draw is the correct loop
+    res = _invoke("paths", "-T", "2", "--variant", "graph_noise_drawn_once")
+    assert res.exit_code == 0
+    assert "variant graph_noise_drawn_once was not rejected with this schedule and seed" in res.stdout
 
 
 def test_variant_json_reports_failure():

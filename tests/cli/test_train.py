@@ -89,6 +89,7 @@ def test_resume_to_fewer_steps_than_done_is_refused_before_training(trained):
         (["--zero-snr", "--prediction", "v", "-T", "1"], ["T >= 2", "T = 1"]),
         (["--lr-schedule", "step"], ["--lr-schedule", "'step'", "constant, cosine"]),
         (["--lr-warmup", "-5"], ["--lr-warmup", "-5"]),
+        (["--steps", "5", "--lr-warmup", "100"], ["--lr-warmup 100", "--steps 5"]),
     ],
 )
 def test_train_bad_values(tmp_path, args, words, clean_error):
