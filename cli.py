@@ -19,13 +19,68 @@ import sys
 import warnings
 from typing import Annotated, Callable
 
+import click
 import typer
+import typer.core
+from typer.core import TyperGroup
 
 from ddpm_check.commands import COMMANDS
 from ddpm_check.commands.ui import Failed, console, esc
 from ddpm_check.errors import DDPMCheckError, first_line
 
+def _given_value(argv: list[str], opts: list[str]) -> str | None:
+    """The text given on the command line to one of ``opts`` (``--x V`` or ``--x=V``), if any."""
+    for k, word in enumerate(argv):
+        for opt in opts:
+            if word == opt and k + 1 < len(argv):
+                return argv[k + 1]
+            if word.startswith(opt + "="):
+                return word[len(opt) + 1:]
+    return None
+
+
+#: the click that Typer parses with (Typer 0.29 carries its own copy as typer._click)
+_cx = getattr(typer.core, "_click", click).exceptions
+_Abort = getattr(typer.core, "Abort", click.exceptions.Abort)
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """Typer's group, but a usage error (an option's value that does not parse, an unknown option,
+    a missing one) is one red line naming the value, as every other bad input is, exit 2, and with
+    --json also ``{"error": ..., "exit_code": 2}`` on stdout; not a boxed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            rv = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except _cx.NoArgsIsHelpError as exc:  # no arguments: the help (rich prints it as the error is made)
+            if str(exc).strip():
+                print(str(exc))
+            raise SystemExit(exc.exit_code) from None
+        except _cx.UsageError as exc:
+            message = exc.format_message().rstrip(".")
+            if isinstance(exc, _cx.BadParameter) and exc.param is not None:
+                given = _given_value(argv, list(exc.param.opts) + list(exc.param.secondary_opts))
+                if given is not None and repr(given) not in message:
+                    message += f" (got {given!r})"
+            if exc.ctx is not None:
+                message += f"; see '{exc.ctx.command_path} --help'"
+            if "--json" in argv or _given_value(argv, ["--format", "-f"]) == "json":
+                print_json({"error": message, "exit_code": exc.exit_code})
+            raise SystemExit(fail(message, exc.exit_code).exit_code) from None
+        except _cx.ClickException as exc:
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        except _Abort:
+            console(stderr=True).print("Aborted!", highlight=False)
+            raise SystemExit(1) from None
+        raise SystemExit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="ddpm-check",
     help="Derive, verify and teach the math of denoising diffusion probabilistic models (DDPM).",
     no_args_is_help=True,

@@ -310,3 +310,29 @@ def test_ctrl_c_while_sampling_is_one_line_and_130(monkeypatch, tiny_run):
     monkeypatch.setattr(sample_mod, "sample_with_strip", interrupted)
     r = runner.invoke(app, ["sample", "--checkpoint", str(tiny_run), "-n", "2", "--out", str(tiny_run.parent / "x")])
     assert r.exit_code == 130 and r.stderr == "error: interrupted\n", r.output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "--steps", "1.5"], ["'--steps'", "'1.5'", "ddpm-check train --help"]),
+    (["train", "--lr-warmup=abc"], ["'--lr-warmup'", "'abc'"]),
+    (["check", "paths", "-T", "abc"], ["'abc'", "-T"]),
+    (["train", "--bogus"], ["No such option: --bogus"]),
+    (["evaluate"], ["Missing option '--checkpoint'", "ddpm-check evaluate --help"]),
+    (["nosuch"], ["No such command 'nosuch'"]),
+])
+def test_a_value_the_parser_refuses_is_one_line_naming_it(args, words):
+    # not Typer's boxed panel: the same one red line as every other bad input, and JSON for scripts
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    line = _one_error_line(r)
+    for w in words:
+        assert w in line, (w, line)
+    j = runner.invoke(app, [*args, "--json"] if args[0] != "nosuch" else args)
+    assert j.exit_code == 2
+    if args[0] != "nosuch":
+        assert json.loads(j.stdout) == {"error": line.removeprefix("error: "), "exit_code": 2}
+
+
+def test_no_arguments_still_shows_the_help():
+    r = runner.invoke(app, [])
+    assert r.exit_code == 2 and "Usage: ddpm-check" in r.output and "error:" not in r.output
