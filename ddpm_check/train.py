@@ -630,10 +630,8 @@ class Trainer:
             self._compile_pending = False
         else:
             loss = self._forward_backward(x_0, t, noise)
-        if self.train_cfg.lr_schedule != "constant" or self.step < self.train_cfg.lr_warmup + 1:
-            lr = self.train_cfg.lr_at(self.step)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+        for group in self.optimizer.param_groups:  # a Python float: no device work
+            group["lr"] = self.train_cfg.lr_at(self.step)
         self.optimizer.step()
         self._ema_update()
         self.step += 1
