@@ -80,7 +80,10 @@ def compiled_eps_model(model: Callable, device: torch.device, probe_shape: tuple
     """``model`` through ``torch.compile`` as ``sample --compile`` runs it (bf16 autocast on CUDA),
     compiled at once on a probe batch of ``probe_shape`` [N, ...]; whatever compiling raises
     propagates (the caller decides on the eager fallback)."""
-    fast = autocast_model(torch.compile(model), device)
+    compiled = torch.compile(model)
+    if compiled is model:  # TORCHDYNAMO_DISABLE=1 and the like: torch.compile hands the model back
+        raise RuntimeError("torch.compile is disabled in this process (it returned the model unchanged)")
+    fast = autocast_model(compiled, device)
     # The probe's t has the layout the sampling loops pass: one step index expanded to [N]
     # (stride 0).  A contiguous t would compile a graph the loops then cannot use (dynamo guards
     # on strides), and the first step would compile a second one.

@@ -248,3 +248,13 @@ def test_compiled_training_compiles_once(monkeypatch):
     tr.run(until=2)
     tr.run(until=3)
     assert tr.compiled and compiles() == 1
+
+
+def test_a_torch_compile_that_hands_the_model_back_is_not_called_compiled(monkeypatch):
+    # TORCHDYNAMO_DISABLE=1 makes torch.compile return its argument: nothing is compiled, and
+    # neither `sample --compile` nor check paths' compiled row may say otherwise
+    from ddpm_check.sample import compiled_eps_model
+
+    monkeypatch.setattr(torch, "compile", lambda model, *a, **k: model)
+    with pytest.raises(RuntimeError, match="torch.compile is disabled"):
+        compiled_eps_model(lambda x, t: x, torch.device("cpu"), (2, 1, 8, 8))
